@@ -1,0 +1,36 @@
+"""Liveness, readiness and metrics: unauthenticated, for orchestrators and Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from analytics_api.state import AnalyticsState
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    """Always 200 while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="PostgreSQL answers")
+async def readyz(request: Request) -> ORJSONResponse:
+    """200 when PostgreSQL answers ``SELECT 1``, else 503."""
+    state: AnalyticsState = request.app.state.analytics
+    if await state.reader.ping():
+        return ORJSONResponse({"status": "ready", "database": "ok"})
+    return ORJSONResponse(
+        {"status": "not ready", "database": "unreachable"},
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def prometheus_metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""Per-vehicle performance over a window, and live status of vehicles and meters."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from analytics_api.auth import require_api_key
+from analytics_api.errors import NotFound
+from analytics_api.state import AnalyticsState
+from analytics_api.window import resolve_window
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+DeviceIdPath = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class PerformanceSummary(_Camel):
+    """A vehicle's energy over ``[from, to)``; efficiency = totalDc / totalAc."""
+
+    vehicle_id: str
+    from_: datetime = Field(alias="from")
+    to: datetime
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    low_efficiency: bool | None
+    efficiency_threshold: float
+    meter_ids: list[str]
+    vehicle_readings: int
+    meter_readings: int
+
+
+class VehicleLive(_Camel):
+    """The newest reading of a vehicle (by device timestamp)."""
+
+    vehicle_id: str
+    soc: float
+    kwh_delivered_dc: float
+    battery_temp: float
+    timestamp: datetime
+    updated_at: datetime
+
+
+class MeterLive(_Camel):
+    """The newest reading of a meter (by device timestamp)."""
+
+    meter_id: str
+    kwh_consumed_ac: float
+    voltage: float
+    timestamp: datetime
+    updated_at: datetime
+
+
+def _state(request: Request) -> AnalyticsState:
+    state: AnalyticsState = request.app.state.analytics
+    return state
+
+
+@router.get(
+    "/analytics/performance/{vehicleId}",
+    response_model=PerformanceSummary,
+    response_model_by_alias=True,
+    summary="AC drawn, DC stored, efficiency and battery temperature of one vehicle",
+)
+async def performance(
+    request: Request,
+    vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")],
+    start: Annotated[str | None, Query(alias="from", description="ISO 8601 with offset")] = None,
+    end: Annotated[str | None, Query(alias="to", description="ISO 8601 with offset")] = None,
+) -> dict[str, Any]:
+    """Totals over ``[from, to)`` (default: the last 24 hours). 404 for a vehicle never seen.
+
+    AC is summed over the meters linked to the vehicle, each only inside its
+    link's validity. ``efficiency`` is null when AC is 0; ``lowEfficiency``
+    says whether it is below the configured threshold.
+    """
+    state = _state(request)
+    settings = state.settings
+    frm, to = resolve_window(
+        start,
+        end,
+        timedelta(hours=settings.default_window_hours),
+        timedelta(days=settings.max_window_days),
+    )
+    perf = await state.reader.performance(vehicle_id, frm, to)
+    if not perf.known:
+        raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
+    efficiency = perf.total_dc / perf.total_ac if perf.total_ac > 0 else None
+    threshold = settings.low_efficiency_threshold
+    return {
+        "vehicleId": vehicle_id,
+        "from": frm,
+        "to": to,
+        "totalAc": perf.total_ac,
+        "totalDc": perf.total_dc,
+        "efficiency": efficiency,
+        "avgBatteryTemp": perf.avg_temp,
+        "lowEfficiency": None if efficiency is None else efficiency < threshold,
+        "efficiencyThreshold": threshold,
+        "meterIds": perf.meter_ids,
+        "vehicleReadings": perf.dc_readings,
+        "meterReadings": perf.ac_readings,
+    }
+
+
+@router.get(
+    "/vehicles/{vehicleId}/live",
+    response_model=VehicleLive,
+    response_model_by_alias=True,
+    summary="Live status of a vehicle",
+)
+async def vehicle_live(
+    request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
+) -> dict[str, Any]:
+    """The vehicle's newest reading. 404 for a vehicle never seen."""
+    row = await _state(request).reader.vehicle_live(vehicle_id)
+    if row is None:
+        raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
+    return {
+        "vehicleId": row["vehicle_id"],
+        "soc": row["soc"],
+        "kwhDeliveredDc": row["kwh_delivered_dc"],
+        "batteryTemp": row["battery_temp"],
+        "timestamp": row["recorded_at"],
+        "updatedAt": row["updated_at"],
+    }
+
+
+@router.get(
+    "/meters/{meterId}/live",
+    response_model=MeterLive,
+    response_model_by_alias=True,
+    summary="Live status of a meter",
+)
+async def meter_live(
+    request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]
+) -> dict[str, Any]:
+    """The meter's newest reading. 404 for a meter never seen."""
+    row = await _state(request).reader.meter_live(meter_id)
+    if row is None:
+        raise NotFound(f"meter {meter_id!r} has never been seen")
+    return {
+        "meterId": row["meter_id"],
+        "kwhConsumedAc": row["kwh_consumed_ac"],
+        "voltage": row["voltage"],
+        "timestamp": row["recorded_at"],
+        "updatedAt": row["updated_at"],
+    }

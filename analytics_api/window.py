@@ -1,0 +1,47 @@
+"""The time window of a query: ``[from, to)``, by default the last 24 hours."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+from analytics_api.errors import InvalidQuery
+
+_AWARE = TypeAdapter(AwareDatetime)
+
+
+def _parse(name: str, raw: str) -> datetime:
+    try:
+        return _AWARE.validate_python(raw).astimezone(UTC)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise InvalidQuery(
+            f"{name} must be an ISO 8601 time with an offset or Z: {message}",
+            [{"field": name, "message": message}],
+        ) from None
+
+
+def resolve_window(
+    start: str | None,
+    end: str | None,
+    default: timedelta,
+    maximum: timedelta,
+    now: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """``(from, to)`` in UTC from the optional query parameters.
+
+    Missing ``to`` is now; missing ``from`` is ``to - default``. Raises
+    :class:`InvalidQuery` for naive or malformed times, ``from >= to``, or a
+    window longer than ``maximum``.
+    """
+    to = _parse("to", end) if end is not None else (now or datetime.now(UTC))
+    frm = _parse("from", start) if start is not None else to - default
+    if frm >= to:
+        raise InvalidQuery("from must be earlier than to", [{"field": "from", "message": "not before to"}])
+    if to - frm > maximum:
+        days = maximum.total_seconds() / 86400
+        raise InvalidQuery(
+            f"window longer than {days:g} days", [{"field": "from", "message": "window too long"}]
+        )
+    return frm, to

@@ -1,0 +1,58 @@
+"""The worker's one PostgreSQL connection, reopened after any failure.
+
+A worker writes one transaction at a time, so it holds a single connection
+rather than a pool; this class owns it and its reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+
+import psycopg
+from psycopg import AsyncConnection
+
+from consumers.errors import SinkUnavailable
+
+
+class WriterConnection:
+    """Lazily opened, health-checked connection; use ``async with``."""
+
+    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: AsyncConnection | None = None
+
+    async def get(self) -> AsyncConnection:
+        """An open connection; raises :class:`SinkUnavailable` when none can be made."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        await self.discard()
+        try:
+            self._conn = await AsyncConnection.connect(
+                self._conninfo,
+                connect_timeout=max(1, int(self._connect_timeout_s)),
+                application_name="energy-consumer",
+            )
+        except psycopg.Error as exc:
+            raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        return self._conn
+
+    async def discard(self) -> None:
+        """Close the current connection (after a failure); the next ``get`` reconnects."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            # It was already failing; we are replacing it anyway.
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    async def __aenter__(self) -> WriterConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.discard()

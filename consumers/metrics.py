@@ -1,0 +1,60 @@
+"""Prometheus metrics of the consumer workers (served on ``CONSUMER_METRICS_PORT``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "energy_consumer_events_consumed_total", "Records read from Kafka.", ["stream"]
+)
+EVENTS_WRITTEN = Counter(
+    "energy_consumer_events_written_total",
+    "Events newly stored in history (or links applied).",
+    ["stream"],
+)
+DUPLICATES = Counter(
+    "energy_consumer_duplicates_total",
+    "Events dropped because history already held that device and timestamp.",
+    ["stream"],
+)
+DEAD_LETTERED = Counter(
+    "energy_consumer_dead_lettered_total",
+    "Poison events sent to the dead-letter topic.",
+    ["stream", "reason"],
+)
+RETRIES = Counter(
+    "energy_consumer_retries_total",
+    "Batches retried because PostgreSQL or Kafka was unavailable.",
+    ["stream", "cause"],
+)
+COMMIT_FAILURES = Counter(
+    "energy_consumer_offset_commit_failures_total",
+    "Offset commits refused (e.g. after a rebalance); the batch is re-read and deduplicated.",
+    ["stream"],
+)
+BATCH_SIZE = Histogram(
+    "energy_consumer_batch_size",
+    "Records per batch.",
+    ["stream"],
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+)
+COMMIT_SECONDS = Histogram(
+    "energy_consumer_batch_commit_seconds",
+    "Time to write one batch to PostgreSQL and commit it.",
+    ["stream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENT_AGE_SECONDS = Histogram(
+    "energy_consumer_event_age_seconds",
+    "Device timestamp to PostgreSQL commit of the newest event of each batch (freshness).",
+    ["stream"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "energy_consumer_assigned_partitions", "Partitions assigned to this worker.", ["stream"]
+)
+CONSUMER_LAG = Gauge(
+    "energy_consumer_lag_records",
+    "High watermark minus committed position, per partition.",
+    ["stream", "partition"],
+)

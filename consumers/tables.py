@@ -1,0 +1,139 @@
+"""The shape of each reading stream's tables, and the SQL written against them.
+
+Identifiers are composed with ``psycopg.sql``; values always travel as
+parameters or through COPY, never inside SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from schemas import MeterReading, Reading, Stream, VehicleReading
+
+#: One history row: device id, device timestamp, then the stream's values.
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingTable:
+    """History and live-status tables of one reading stream."""
+
+    stream: Stream
+    history: str
+    live: str
+    key: str
+    values: tuple[str, ...]
+    pg_types: tuple[str, ...]
+    to_row: Callable[[Reading], Row]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """History/live columns in COPY order: key, recorded_at, values."""
+        return (self.key, "recorded_at", *self.values)
+
+    def copy_history(self, table: str | None = None) -> sql.Composed:
+        """``COPY <history> (...) FROM STDIN (FORMAT BINARY)``."""
+        return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table or self.history),
+            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+        )
+
+    def create_staging(self) -> sql.Composed:
+        """A per-session staging table for the duplicate-tolerant path."""
+        return sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(sql.Identifier(self.staging), sql.Identifier(self.history))
+
+    @property
+    def staging(self) -> str:
+        """Name of the session-local staging table."""
+        return f"staging_{self.history}"
+
+    def merge_staging(self) -> sql.Composed:
+        """Move staged rows into history, dropping those already there (first write wins)."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        return sql.SQL(
+            "INSERT INTO {history} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING"
+        ).format(
+            history=sql.Identifier(self.history), cols=cols, staging=sql.Identifier(self.staging)
+        )
+
+    def upsert_live(self) -> sql.Composed:
+        """Multi-row upsert of live status from parallel arrays, newest device time winning.
+
+        An older or equal ``recorded_at`` never overwrites the stored one.
+        """
+        cols = self.columns
+        arrays = sql.SQL(", ").join(
+            sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in ("text", "timestamptz", *self.pg_types)
+        )
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in (*cols[1:], "updated_at")
+        )
+        return sql.SQL(
+            "INSERT INTO {live} AS live ({cols}, updated_at) "
+            "SELECT *, now() FROM unnest({arrays}) "
+            "ON CONFLICT ({key}) DO UPDATE SET {updates} "
+            "WHERE live.recorded_at < EXCLUDED.recorded_at"
+        ).format(
+            live=sql.Identifier(self.live),
+            cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            arrays=arrays,
+            key=sql.Identifier(self.key),
+            updates=updates,
+        )
+
+    @property
+    def copy_types(self) -> list[str]:
+        """PostgreSQL type names of the COPY columns, for binary COPY."""
+        return ["text", "timestamptz", *self.pg_types]
+
+
+def _meter_row(event: Reading) -> Row:
+    assert isinstance(event, MeterReading)  # noqa: S101 -- the table is chosen by stream
+    return (event.meter_id, event.timestamp, event.kwh_consumed_ac, event.voltage)
+
+
+def _vehicle_row(event: Reading) -> Row:
+    assert isinstance(event, VehicleReading)  # noqa: S101 -- the table is chosen by stream
+    return (
+        event.vehicle_id,
+        event.timestamp,
+        event.soc,
+        event.kwh_delivered_dc,
+        event.battery_temp,
+    )
+
+
+METER_TABLE = ReadingTable(
+    stream=Stream.METER,
+    history="meter_readings_history",
+    live="meter_live_status",
+    key="meter_id",
+    values=("kwh_consumed_ac", "voltage"),
+    pg_types=("float8", "float8"),
+    to_row=_meter_row,
+)
+
+VEHICLE_TABLE = ReadingTable(
+    stream=Stream.VEHICLE,
+    history="vehicle_readings_history",
+    live="vehicle_live_status",
+    key="vehicle_id",
+    values=("soc", "kwh_delivered_dc", "battery_temp"),
+    pg_types=("float8", "float8", "float8"),
+    to_row=_vehicle_row,
+)
+
+READING_TABLES = {Stream.METER: METER_TABLE, Stream.VEHICLE: VEHICLE_TABLE}
+
+
+def row_key(row: Row) -> tuple[str, datetime]:
+    """History's unique key of a row: (device id, device timestamp)."""
+    return (row[0], row[1])

@@ -1,0 +1,133 @@
+"""The gateway's Kafka producer: acks=all, idempotent, and a bounded wait.
+
+A request is answered 202 only after Kafka acknowledged every one of its
+events; if that takes longer than ``publish_timeout_s`` (broker down, leader
+moving, buffer full) the request fails with :class:`KafkaUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest_gateway import metrics
+from ingest_gateway.errors import KafkaUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Kafka record to publish: topic, key (device id) and the event JSON."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    stream: str
+
+
+class KafkaPublisher:
+    """Owns the producer; started and stopped by the app's lifespan.
+
+    If Kafka is unreachable at start-up the gateway still starts (``/readyz``
+    says 503) and keeps trying in the background.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        publish_timeout_s: float,
+        retry_after_s: int,
+        linger_ms: int,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._timeout_s = publish_timeout_s
+        self._retry_after_s = retry_after_s
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._starter: asyncio.Task[None] | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id="energy-gateway",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            request_timeout_ms=max(1000, int(self._timeout_s * 1000)),
+            max_batch_size=256 * 1024,
+        )
+
+    async def start(self) -> None:
+        """Begin connecting; returns at once, connection continues in the background."""
+        self._starter = asyncio.create_task(self._start_loop(), name="kafka-producer-start")
+
+    async def _start_loop(self) -> None:
+        delay = 0.2
+        while True:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning("Kafka unreachable at %s, retrying in %.1fs: %r", self._bootstrap, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                self._producer = producer
+                log.info("connected to Kafka at %s", self._bootstrap)
+                return
+
+    async def stop(self) -> None:
+        """Flush what is in flight and close."""
+        if self._starter is not None:
+            self._starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starter
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def ready(self, timeout_s: float = 2.0) -> bool:
+        """Whether a broker answers a metadata request now."""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        return True
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` and wait until Kafka acknowledged all of them.
+
+        Raises :class:`KafkaUnavailable` if that does not happen within the
+        publish timeout. Retrying the same messages is safe (see the error).
+        """
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("not connected to Kafka yet", self._retry_after_s)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                futures = [
+                    await producer.send(m.topic, value=m.value, key=m.key) for m in messages
+                ]
+                await asyncio.gather(*futures)
+        except TimeoutError as exc:
+            metrics.PUBLISH_FAILURES.labels("timeout").inc()
+            raise KafkaUnavailable(
+                f"Kafka did not acknowledge within {self._timeout_s:g} s", self._retry_after_s
+            ) from exc
+        except KafkaError as exc:
+            metrics.PUBLISH_FAILURES.labels(type(exc).__name__).inc()
+            raise KafkaUnavailable(f"Kafka refused the events: {exc}", self._retry_after_s) from exc
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)

@@ -1,0 +1,36 @@
+"""Liveness, readiness and metrics: unauthenticated, for orchestrators and Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ingest_gateway.state import GatewayState
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    """Always 200 while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Kafka answers: events can be accepted")
+async def readyz(request: Request) -> ORJSONResponse:
+    """200 when a Kafka broker answers a metadata request, else 503."""
+    state: GatewayState = request.app.state.gateway
+    if await state.publisher.ready():
+        return ORJSONResponse({"status": "ready", "kafka": "ok"})
+    return ORJSONResponse(
+        {"status": "not ready", "kafka": "unreachable"},
+        status_code=503,
+        headers={"Retry-After": str(state.settings.retry_after_s)},
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def prometheus_metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

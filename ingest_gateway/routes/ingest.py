@@ -1,0 +1,101 @@
+"""``POST /v1/ingest``, ``POST /v1/ingest/batch`` and ``POST /v1/links``.
+
+Each answers 202 with the number of events accepted, and only after Kafka
+acknowledged all of them. Validation is all or nothing: one bad event in a
+batch gives 422 naming each bad index and field, and nothing is published.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import ORJSONResponse
+
+from ingest_gateway import metrics
+from ingest_gateway.auth import require_api_key
+from ingest_gateway.body import link_message, media_type, parse_batch, read_body, reading_messages
+from ingest_gateway.errors import InvalidPayload
+from ingest_gateway.publisher import Message
+from ingest_gateway.state import GatewayState
+from schemas import InvalidEvent, parse_json
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+_EVENT_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+_BATCH_BODY = {
+    "content": {
+        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+    "required": True,
+}
+_ACCEPTED = {202: {"description": "Acknowledged by Kafka: durable."}}
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+async def _publish(state: GatewayState, messages: list[Message]) -> ORJSONResponse:
+    await state.publisher.publish(messages)
+    per_stream = Counter(m.stream for m in messages)
+    for stream, count in per_stream.items():
+        metrics.EVENTS_ACCEPTED.labels(stream).inc(count)
+    return ORJSONResponse({"accepted": len(messages), **per_stream}, status_code=202)
+
+
+def _parse_one(body: bytes) -> Any:
+    try:
+        return parse_json(body)
+    except InvalidEvent as exc:
+        raise InvalidPayload(exc.reason) from None
+
+
+@router.post(
+    "/ingest",
+    status_code=202,
+    responses=_ACCEPTED,
+    openapi_extra={"requestBody": _EVENT_BODY},
+    summary="Ingest one meter or vehicle reading",
+)
+async def ingest_one(request: Request) -> ORJSONResponse:
+    """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
+    state = _state(request)
+    body = await read_body(request, state.settings.max_body_bytes)
+    obj = _parse_one(body)
+    messages = reading_messages([obj], state.topics, state.limits, raw=body.strip())
+    return await _publish(state, messages)
+
+
+@router.post(
+    "/ingest/batch",
+    status_code=202,
+    responses=_ACCEPTED,
+    openapi_extra={"requestBody": _BATCH_BODY},
+    summary="Ingest a batch of readings (JSON array or NDJSON)",
+)
+async def ingest_batch(request: Request) -> ORJSONResponse:
+    """Up to ``max_batch_events`` events, all accepted or none."""
+    state = _state(request)
+    body = await read_body(request, state.settings.max_body_bytes)
+    items = parse_batch(body, media_type(request), state.settings.max_batch_events)
+    messages = reading_messages(items, state.topics, state.limits)
+    return await _publish(state, messages)
+
+
+@router.post(
+    "/links",
+    status_code=202,
+    responses=_ACCEPTED,
+    openapi_extra={"requestBody": _EVENT_BODY},
+    summary="Link a vehicle to the meter that feeds it",
+)
+async def link(request: Request) -> ORJSONResponse:
+    """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
+    state = _state(request)
+    body = await read_body(request, state.settings.max_body_bytes)
+    message = link_message(_parse_one(body), body.strip(), state.topics, state.limits)
+    return await _publish(state, [message])

@@ -1,0 +1,20 @@
+"""What the gateway's lifespan owns, shared by the routes through ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingest_gateway.publisher import KafkaPublisher
+from ingest_gateway.settings import GatewaySettings
+from schemas import TopicNames, ValidationLimits
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """Settings, derived config and the Kafka publisher of one app instance."""
+
+    settings: GatewaySettings
+    publisher: KafkaPublisher
+    topics: TopicNames
+    limits: ValidationLimits
+    api_keys: frozenset[str]

@@ -1,0 +1,153 @@
+"""The event models: what a meter, a vehicle and a link event may contain.
+
+JSON on the wire is camelCase (``meterId``); Python attributes are snake_case
+(``meter_id``). Unknown fields, naive timestamps, NaN/Infinity, strings where
+numbers belong and out-of-range values are all rejected.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from schemas.limits import DEFAULT_LIMITS, ValidationLimits
+
+MAX_ID_LENGTH = 64
+
+
+def _check_device_id(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    return value
+
+
+def _require_iso_string(value: Any) -> Any:
+    # Lax pydantic would read a number as Unix seconds; the contract says
+    # ISO 8601 text, so anything else is refused before parsing.
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("must be an ISO 8601 string with an offset or Z")
+
+
+DeviceId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True),
+    AfterValidator(_check_device_id),
+]
+# strict: a JSON string "15.2" or a boolean is not a number here.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+def _limits(info: ValidationInfo) -> ValidationLimits:
+    context = info.context
+    if isinstance(context, ValidationLimits):
+        return context
+    return DEFAULT_LIMITS
+
+
+def _check_not_future(value: datetime, info: ValidationInfo) -> datetime:
+    limits = _limits(info)
+    now = limits.now or datetime.now(UTC)
+    if value - now > limits.max_future:
+        raise ValueError(f"is more than {int(limits.max_future.total_seconds())} s in the future")
+    return value.astimezone(UTC)
+
+
+def _check_energy(value: float, info: ValidationInfo) -> float:
+    cap = _limits(info).max_kwh_per_reading
+    if value > cap:
+        raise ValueError(f"exceeds the plausible energy of one minute ({cap} kWh)")
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+#: A reading's device time: ISO 8601, aware, not too far in the future, kept in UTC.
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_require_iso_string), AfterValidator(_check_not_future)
+]
+#: A link boundary: aware ISO 8601 in UTC; may lie in the future (planned links).
+LinkTime = Annotated[AwareDatetime, BeforeValidator(_require_iso_string), AfterValidator(_to_utc)]
+#: Energy of one one-minute interval, kWh.
+Energy = Annotated[Number, Field(ge=0), AfterValidator(_check_energy)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+    )
+
+
+class MeterReading(_Event):
+    """One minute of a grid-side meter: AC energy drawn in that minute."""
+
+    meter_id: DeviceId
+    kwh_consumed_ac: Energy
+    voltage: Annotated[Number, Field(ge=0, le=1000)]
+    timestamp: Timestamp
+
+    @property
+    def device_id(self) -> str:
+        """The Kafka key and history key of this reading."""
+        return self.meter_id
+
+
+class VehicleReading(_Event):
+    """One minute of a vehicle: DC energy stored, state of charge, battery temperature."""
+
+    vehicle_id: DeviceId
+    soc: Annotated[Number, Field(ge=0, le=100)]
+    kwh_delivered_dc: Energy
+    battery_temp: Annotated[Number, Field(ge=-40, le=100)]
+    timestamp: Timestamp
+
+    @property
+    def device_id(self) -> str:
+        """The Kafka key and history key of this reading."""
+        return self.vehicle_id
+
+
+class VehicleMeterLink(_Event):
+    """Which meter feeds a vehicle, from ``valid_from`` until ``valid_to`` (open if absent).
+
+    A later link for the same vehicle closes an open one at its ``valid_from``.
+    """
+
+    vehicle_id: DeviceId
+    meter_id: DeviceId
+    valid_from: LinkTime
+    valid_to: LinkTime | None = None
+
+    @model_validator(mode="after")
+    def _check_interval(self) -> VehicleMeterLink:
+        if self.valid_to is not None and self.valid_to <= self.valid_from:
+            raise ValueError("validTo must be later than validFrom")
+        return self
+
+    @property
+    def device_id(self) -> str:
+        """Links are keyed by vehicle, so one vehicle's links stay in order."""
+        return self.vehicle_id
+
+
+Reading = MeterReading | VehicleReading

@@ -1,0 +1,33 @@
+"""Validation limits shared by the gateway and the consumers.
+
+The same rules must hold wherever an event enters: an event the gateway accepts
+must never be dead-lettered by a consumer for a rule the gateway did not know.
+Both services build one :class:`ValidationLimits` from their settings and pass
+it to :func:`schemas.decode_event`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+#: Energy of one one-minute interval above this is implausible: a 350 kW DC
+#: fast charger delivers about 5.8 kWh in a minute.
+DEFAULT_MAX_KWH_PER_READING = 10.0
+DEFAULT_MAX_FUTURE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationLimits:
+    """Configurable bounds applied on top of the fixed field ranges.
+
+    ``now`` is the clock the future-skew rule compares against; ``None`` means
+    the wall clock at validation time (tests pin it for repeatability).
+    """
+
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    max_kwh_per_reading: float = DEFAULT_MAX_KWH_PER_READING
+    now: datetime | None = None
+
+
+DEFAULT_LIMITS = ValidationLimits()

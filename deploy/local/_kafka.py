@@ -1,0 +1,330 @@
+"""A single-node Apache Kafka broker (KRaft, combined broker+controller) without Docker.
+
+The broker runs from the Maven Central jars of kafka_2.13 (resolved once by ``mvn``
+into a per-user cache), with a config generated into ``<dir>/kafka``. It counts as
+ready only once a client has really produced and consumed a message: a listening
+port alone says nothing about the metadata quorum or partition leadership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import _procs
+from _common import EXIT_PREREQ, REPO_ROOT, Layout, StackError, say, tail
+
+KAFKA_VERSION = "4.1.1"
+POM = REPO_ROOT / "deploy" / "local" / "kafka" / "pom.xml"
+LOG4J2_CONFIG = REPO_ROOT / "deploy" / "local" / "kafka" / "log4j2.properties"
+NAME = "kafka"
+
+#: The project's topics and their partition counts; each has a dead-letter twin.
+PROJECT_TOPICS = ("telemetry.meter.v1", "telemetry.vehicle.v1", "fleet.links.v1")
+PARTITIONS = 12
+DLQ_PARTITIONS = 3
+HEALTH_TOPIC = "_stack.healthcheck"
+
+READY_TIMEOUT_S = 90.0
+STOP_GRACE_S = 30.0
+
+#: Kafka's error code for "topic already exists" (a lost race is not an error).
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def cache_root() -> Path:
+    """The per-user cache for this Kafka version: ``$XDG_CACHE_HOME/energy-ingest/kafka-X``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "energy-ingest" / f"kafka-{KAFKA_VERSION}"
+
+
+def ensure_jars() -> Path:
+    """Return the folder holding the broker's jars, fetching them with Maven the first time.
+
+    The download is marked complete by a stamp file written only after ``mvn``
+    succeeded, so an interrupted download is redone from scratch. A file lock
+    serialises concurrent stacks that share the cache.
+    """
+    root = cache_root()
+    libs, stamp = root / "libs", root / "complete.stamp"
+    if stamp.exists():
+        return libs
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():  # another stack fetched them while we waited
+            return libs
+        if shutil.which("mvn") is None:
+            raise StackError(
+                "mvn not found: it is needed once to fetch the Kafka jars "
+                "(install it: apt-get install -y maven)",
+                code=EXIT_PREREQ,
+            )
+        say(f"kafka: fetching Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
+        shutil.rmtree(libs, ignore_errors=True)
+        result = subprocess.run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 or not (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+            output = (result.stdout + result.stderr).strip().splitlines()
+            raise StackError(
+                f"fetching the Kafka jars with mvn failed (exit {result.returncode})",
+                detail="\n".join("    " + line for line in output[-20:]),
+            )
+        stamp.write_text(f"{KAFKA_VERSION}\n", encoding="utf-8")
+    return libs
+
+
+def check_java() -> None:
+    """Raise a prerequisite error unless ``java`` 17 or newer is on PATH (Kafka 4 needs 17)."""
+    if shutil.which("java") is None:
+        raise StackError(
+            "java not found: Kafka needs a Java 17+ runtime "
+            "(install it: apt-get install -y openjdk-17-jre-headless)",
+            code=EXIT_PREREQ,
+        )
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)', out)
+    if match is None or int(match.group(1)) < 17:
+        first = out.splitlines()[0] if out else "unknown version"
+        raise StackError(f"Kafka {KAFKA_VERSION} needs Java 17+, found: {first}", code=EXIT_PREREQ)
+
+
+def write_config(layout: Layout, port: int, controller_port: int) -> None:
+    """(Re)write ``server.properties`` for a one-node KRaft cluster on 127.0.0.1.
+
+    Every replication factor and min ISR is 1, since there is one broker; topics are
+    only created explicitly (auto-creation would hide typos in topic names).
+    """
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": (
+            f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(layout.kafka_data),
+        "num.partitions": str(PARTITIONS),
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # A local stack has one consumer per group: waiting for more only slows tests.
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+    }
+    lines = ["# Generated by deploy/local/stack.py on every start; edits are lost."]
+    lines += [f"{key}={value}" for key, value in settings.items()]
+    layout.kafka_config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _java(libs: Path, *args: str, jvm: Sequence[str] = ()) -> list[str]:
+    """A ``java`` command line with the broker's classpath and our log4j2 config."""
+    return [
+        "java",
+        *jvm,
+        f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+        "-cp",
+        f"{libs}/*",  # expanded by the JVM, not by a shell
+        *args,
+    ]
+
+
+def format_storage_once(libs: Path, layout: Layout) -> None:
+    """Format the KRaft log dir with a fresh cluster id, unless it is formatted already.
+
+    ``meta.properties`` is the mark of a finished format; a data folder without it
+    is the remains of an interrupted format and is wiped first.
+    """
+    if (layout.kafka_data / "meta.properties").exists():
+        return
+    shutil.rmtree(layout.kafka_data, ignore_errors=True)
+    uuid = _run_tool(libs, "random-uuid").strip().splitlines()[-1]
+    _run_tool(libs, "format", "--standalone", "-t", uuid, "-c", str(layout.kafka_config))
+    say(f"kafka: formatted storage (cluster id {uuid})")
+
+
+def _run_tool(libs: Path, *args: str) -> str:
+    """Run ``kafka.tools.StorageTool`` and return its stdout; raise on failure."""
+    result = subprocess.run(
+        _java(libs, "kafka.tools.StorageTool", *args),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()
+        raise StackError(
+            f"kafka StorageTool {args[0]} failed (exit {result.returncode})",
+            detail="\n".join("    " + line for line in output[-20:]),
+        )
+    return result.stdout
+
+
+def argv_matcher(layout: Layout) -> _procs.ArgvMatcher:
+    """Recognise our broker: ``kafka.Kafka`` started with this stack's config file."""
+    config = str(layout.kafka_config)
+
+    def matches(argv: list[str]) -> bool:
+        return "kafka.Kafka" in argv and argv[-1] == config
+
+    return matches
+
+
+def running_pid(layout: Layout) -> int | None:
+    """The broker's pid if this stack's broker is running (stale pid files are removed)."""
+    return _procs.verified_pid(layout.pid_file(NAME), argv_matcher(layout), layout.root)
+
+
+def start(libs: Path, layout: Layout, port: int, env: Mapping[str, str]) -> int:
+    """Launch the broker detached (output to ``logs/kafka.log``) and return its pid.
+
+    Does not wait for readiness: see `wait_ready`, so that PostgreSQL can start
+    while the JVM boots.
+    """
+    argv = _java(
+        libs,
+        "kafka.Kafka",
+        str(layout.kafka_config),
+        jvm=("-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dkafka.logs.dir={layout.logs}"),
+    )
+    pid = _procs.spawn_detached(
+        argv, log=layout.log(NAME), env=env, cwd=layout.kafka, banner="starting kafka"
+    )
+    _procs.write_pid(layout.pid_file(NAME), pid, layout.port_file(NAME), port)
+    return pid
+
+
+def stop(layout: Layout) -> None:
+    """Stop this stack's broker if running (SIGTERM, 30 s grace, then SIGKILL)."""
+    pid = running_pid(layout)
+    if pid is None:
+        say(f"{NAME}: not running")
+    else:
+        killed = _procs.stop([pid], grace=STOP_GRACE_S)
+        say(f"{NAME}: {'killed after 30 s' if killed else 'stopped'} (pid {pid})")
+    layout.pid_file(NAME).unlink(missing_ok=True)
+    layout.port_file(NAME).unlink(missing_ok=True)
+
+
+def wait_ready(layout: Layout, pid: int, port: int) -> None:
+    """Block until a client can produce to and consume from the broker (90 s at most).
+
+    Raises with the tail of ``kafka.log`` if the JVM exits or the deadline passes.
+    """
+    # aiokafka logs every refused connection while the broker boots; the outcome
+    # of the whole wait is what matters, and it is reported below.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
+    bootstrap = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last_error = "the port never opened"
+    while time.monotonic() < deadline:
+        if not _procs.is_alive(pid):
+            raise StackError(
+                f"kafka exited during startup; see {layout.log(NAME)}",
+                detail=tail(layout.log(NAME)),
+            )
+        if _procs.port_open(port):
+            try:
+                asyncio.run(asyncio.wait_for(_produce_and_consume(bootstrap), 20.0))
+            except Exception as exc:  # noqa: BLE001 (any failure means "not ready yet")
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                return
+        time.sleep(0.5)
+    raise StackError(
+        f"kafka not ready after {READY_TIMEOUT_S:.0f} s ({last_error}); see {layout.log(NAME)}",
+        detail=tail(layout.log(NAME)),
+    )
+
+
+async def _produce_and_consume(bootstrap: str) -> None:
+    """Round-trip one random message through ``_stack.healthcheck`` with acks=all."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    await _create_missing(bootstrap, {HEALTH_TOPIC: 1})
+    payload = secrets.token_bytes(16)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5000)
+    await producer.start()
+    try:
+        sent: Any = await producer.send_and_wait(HEALTH_TOPIC, payload)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5000
+    )
+    await consumer.start()
+    try:
+        partition = TopicPartition(HEALTH_TOPIC, sent.partition)
+        consumer.assign([partition])
+        consumer.seek(partition, sent.offset)
+        record: Any = await asyncio.wait_for(consumer.getone(), 10.0)
+    finally:
+        await consumer.stop()
+    if record.value != payload:
+        raise RuntimeError("consumed a different message than the one produced")
+
+
+async def _create_missing(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
+    """Create those of ``topics`` (name -> partitions, replication 1) that do not exist.
+
+    Returns the names created. A topic created concurrently by someone else counts
+    as existing.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in topics if name not in existing]
+        if not missing:
+            return []
+        response: Any = await admin.create_topics(
+            [NewTopic(name, topics[name], 1) for name in missing]
+        )
+        for error in response.to_object()["topic_errors"]:
+            if error["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+                raise StackError(
+                    f"creating topic {error['topic']} failed: Kafka error "
+                    f"{error['error_code']} {error.get('error_message') or ''}".rstrip()
+                )
+        return missing
+    finally:
+        await admin.close()
+
+
+def ensure_topics(port: int) -> list[str]:
+    """Create the project topics and their ``.dlq`` twins if missing; return those created."""
+    wanted = dict.fromkeys(PROJECT_TOPICS, PARTITIONS)
+    wanted |= {f"{name}.dlq": DLQ_PARTITIONS for name in PROJECT_TOPICS}
+    return asyncio.run(_create_missing(f"127.0.0.1:{port}", wanted))

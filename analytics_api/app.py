@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from psycopg_pool import AsyncConnectionPool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,7 +66,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         version="1",
         summary="Per-vehicle energy efficiency and live status of meters and vehicles.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.analytics = AnalyticsState(
         settings=settings, reader=Reader(pool, settings.pool_timeout_s), api_keys=keys
@@ -79,17 +78,17 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     return app
 
 
-async def _analytics_error(request: Request, exc: AnalyticsError) -> ORJSONResponse:
-    return ORJSONResponse(
+async def _analytics_error(request: Request, exc: AnalyticsError) -> JSONResponse:
+    return JSONResponse(
         error_body(exc.code, exc.message, exc.errors), status_code=exc.status, headers=exc.headers()
     )
 
 
-async def _request_invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
     ]
-    return ORJSONResponse(
+    return JSONResponse(
         error_body("validation_failed", "request is not valid", errors), status_code=422
     )
 

@@ -38,7 +38,9 @@ def resolve_window(
     to = _parse("to", end) if end is not None else (now or datetime.now(UTC))
     frm = _parse("from", start) if start is not None else to - default
     if frm >= to:
-        raise InvalidQuery("from must be earlier than to", [{"field": "from", "message": "not before to"}])
+        raise InvalidQuery(
+            "from must be earlier than to", [{"field": "from", "message": "not before to"}]
+        )
     if to - frm > maximum:
         days = maximum.total_seconds() / 86400
         raise InvalidQuery(

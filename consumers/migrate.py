@@ -33,10 +33,13 @@ def apply_migrations(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     and raises. Safe to run again at any time.
     """
     backend = get_backend(yoyo_url(database_url))
-    migrations = read_migrations(str(sql_dir))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        migrations = read_migrations(str(sql_dir))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()
     applied = [m.id for m in pending]
     for migration_id in applied:
         log.info("applied migration %s", migration_id)

@@ -192,7 +192,7 @@ class StreamWorker:
                 metrics.CONSUMER_LAG.labels(self.stream.value, str(tp.partition)).set(lag)
 
 
-class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc] -- untyped base
+class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Lets a rebalance take partitions only between batches (after their commit)."""
 
     def __init__(self, worker: StreamWorker) -> None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest_gateway import metrics
@@ -49,7 +49,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="1",
         summary="Validates meter and vehicle telemetry and publishes it to Kafka.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.gateway = GatewayState(
         settings=settings,
@@ -66,19 +65,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     return app
 
 
-async def _gateway_error(request: Request, exc: GatewayError) -> ORJSONResponse:
+async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
     if exc.status in (413, 422):
         metrics.EVENTS_REJECTED.labels(exc.code).inc()
-    return ORJSONResponse(
+    return JSONResponse(
         error_body(exc.code, exc.message, exc.errors), status_code=exc.status, headers=exc.headers()
     )
 
 
-async def _request_invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
     ]
-    return ORJSONResponse(
+    return JSONResponse(
         error_body("validation_failed", "request is not valid", errors), status_code=422
     )
 

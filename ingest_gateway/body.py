@@ -32,7 +32,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, or :class:`PayloadTooLarge` without reading past ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {max_bytes} bytes")
+        raise PayloadTooLarge(
+            f"body of {int(declared)} bytes exceeds the limit of {max_bytes} bytes"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -67,8 +69,12 @@ def parse_batch(body: bytes, content_type: str, max_events: int) -> list[Any]:
                 items.append(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
                 errors.append(
-                    {"index": len(items) + len(errors), "line": line_no, "field": "",
-                     "message": f"not valid JSON: {exc}"}
+                    {
+                        "index": len(items) + len(errors),
+                        "line": line_no,
+                        "field": "",
+                        "message": f"not valid JSON: {exc}",
+                    }
                 )
                 items.append(None)
         if errors:
@@ -131,7 +137,9 @@ def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLim
     try:
         link = link_from_obj(obj, limits)
     except InvalidEvent as exc:
-        raise InvalidPayload(f"link failed validation: {exc.reason}", list(exc.errors)) from None
+        raise InvalidPayload(
+            f"link failed validation: {exc.reason}", [dict(e) for e in exc.errors]
+        ) from None
     return Message(
         topic=topics.links, key=link.device_id.encode(), value=raw, stream=Stream.LINKS.value
     )

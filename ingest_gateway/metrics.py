@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-REQUESTS = Counter(
-    "energy_gateway_requests_total", "HTTP requests answered.", ["route", "status"]
-)
+REQUESTS = Counter("energy_gateway_requests_total", "HTTP requests answered.", ["route", "status"])
 EVENTS_ACCEPTED = Counter(
     "energy_gateway_events_accepted_total", "Events acknowledged by Kafka.", ["stream"]
 )
@@ -21,7 +19,9 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 PUBLISH_FAILURES = Counter(
-    "energy_gateway_publish_failures_total", "Requests answered 503 because Kafka did not ack.", ["cause"]
+    "energy_gateway_publish_failures_total",
+    "Requests answered 503 because Kafka did not ack.",
+    ["cause"],
 )
 REQUEST_SECONDS = Histogram(
     "energy_gateway_request_seconds",

@@ -77,7 +77,9 @@ class KafkaPublisher:
                 await producer.start()
             except KafkaError as exc:
                 await producer.stop()
-                log.warning("Kafka unreachable at %s, retrying in %.1fs: %r", self._bootstrap, delay, exc)
+                log.warning(
+                    "Kafka unreachable at %s, retrying in %.1fs: %r", self._bootstrap, delay, exc
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             else:
@@ -118,9 +120,7 @@ class KafkaPublisher:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
-                futures = [
-                    await producer.send(m.topic, value=m.value, key=m.key) for m in messages
-                ]
+                futures = [await producer.send(m.topic, value=m.value, key=m.key) for m in messages]
                 await asyncio.gather(*futures)
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels("timeout").inc()

@@ -45,7 +45,9 @@ class GatewaySettings(BaseSettings):
 
     def topics(self) -> TopicNames:
         """The topic per stream."""
-        return TopicNames(meter=self.meter_topic, vehicle=self.vehicle_topic, links=self.links_topic)
+        return TopicNames(
+            meter=self.meter_topic, vehicle=self.vehicle_topic, links=self.links_topic
+        )
 
     def limits(self) -> ValidationLimits:
         """The validation bounds shared with the consumers."""

@@ -14,7 +14,9 @@ from typing import Any
 from schemas.decode import FieldError
 
 
-def error_body(code: str, message: str, errors: Iterable[FieldError | dict[str, Any]] = ()) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, errors: Iterable[FieldError | dict[str, Any]] = ()
+) -> dict[str, Any]:
     """The JSON of every error response: ``{"error", "message", "errors"?}``.
 
     ``code`` is a stable word for programs (``validation_failed``,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from analytics_api.state import AnalyticsState
@@ -18,12 +18,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="PostgreSQL answers")
-async def readyz(request: Request) -> ORJSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """200 when PostgreSQL answers ``SELECT 1``, else 503."""
     state: AnalyticsState = request.app.state.analytics
     if await state.reader.ping():
-        return ORJSONResponse({"status": "ready", "database": "ok"})
-    return ORJSONResponse(
+        return JSONResponse({"status": "ready", "database": "ok"})
+    return JSONResponse(
         {"status": "not ready", "database": "unreachable"},
         status_code=503,
         headers={"Retry-After": "2"},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest_gateway.state import GatewayState
@@ -18,12 +18,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Kafka answers: events can be accepted")
-async def readyz(request: Request) -> ORJSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """200 when a Kafka broker answers a metadata request, else 503."""
     state: GatewayState = request.app.state.gateway
     if await state.publisher.ready():
-        return ORJSONResponse({"status": "ready", "kafka": "ok"})
-    return ORJSONResponse(
+        return JSONResponse({"status": "ready", "kafka": "ok"})
+    return JSONResponse(
         {"status": "not ready", "kafka": "unreachable"},
         status_code=503,
         headers={"Retry-After": str(state.settings.retry_after_s)},

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 
 from ingest_gateway import metrics
 from ingest_gateway.auth import require_api_key
@@ -31,7 +31,9 @@ _BATCH_BODY = {
     },
     "required": True,
 }
-_ACCEPTED = {202: {"description": "Acknowledged by Kafka: durable."}}
+_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Acknowledged by Kafka: durable."}
+}
 
 
 def _state(request: Request) -> GatewayState:
@@ -39,12 +41,12 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-async def _publish(state: GatewayState, messages: list[Message]) -> ORJSONResponse:
+async def _publish(state: GatewayState, messages: list[Message]) -> JSONResponse:
     await state.publisher.publish(messages)
     per_stream = Counter(m.stream for m in messages)
     for stream, count in per_stream.items():
         metrics.EVENTS_ACCEPTED.labels(stream).inc(count)
-    return ORJSONResponse({"accepted": len(messages), **per_stream}, status_code=202)
+    return JSONResponse({"accepted": len(messages), **per_stream}, status_code=202)
 
 
 def _parse_one(body: bytes) -> Any:
@@ -61,7 +63,7 @@ def _parse_one(body: bytes) -> Any:
     openapi_extra={"requestBody": _EVENT_BODY},
     summary="Ingest one meter or vehicle reading",
 )
-async def ingest_one(request: Request) -> ORJSONResponse:
+async def ingest_one(request: Request) -> JSONResponse:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)
@@ -77,7 +79,7 @@ async def ingest_one(request: Request) -> ORJSONResponse:
     openapi_extra={"requestBody": _BATCH_BODY},
     summary="Ingest a batch of readings (JSON array or NDJSON)",
 )
-async def ingest_batch(request: Request) -> ORJSONResponse:
+async def ingest_batch(request: Request) -> JSONResponse:
     """Up to ``max_batch_events`` events, all accepted or none."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)
@@ -93,7 +95,7 @@ async def ingest_batch(request: Request) -> ORJSONResponse:
     openapi_extra={"requestBody": _EVENT_BODY},
     summary="Link a vehicle to the meter that feeds it",
 )
-async def link(request: Request) -> ORJSONResponse:
+async def link(request: Request) -> JSONResponse:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)

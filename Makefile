@@ -1,0 +1,70 @@
+# Energy ingest: one entry point for developers, CI and operators.
+# `make up` / `make down` run the local stack (no Docker); `make test` is what CI runs.
+
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+UV_VENV    := .stack/uv
+UV         := $(UV_VENV)/bin/uv
+UV_VERSION := 0.13.9
+STACK      := $(PY) deploy/local/stack.py
+
+.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-analytics demo schemas clean
+
+help:
+	@echo "make up        start Kafka, PostgreSQL, migrations, gateway, consumers, analytics"
+	@echo "make down      stop everything make up started"
+	@echo "make status    what is running"
+	@echo "make test      the test suite against real Kafka and PostgreSQL"
+	@echo "make lint      ruff and mypy"
+	@echo "make bench     every benchmark (bench-consumer, bench-gateway, bench-analytics)"
+	@echo "make demo      a simulated fleet through the running stack, then analytics"
+
+# The venv is built from uv.lock exactly; uv itself lives in its own small venv.
+$(UV):
+	@$(PYTHON) -m venv $(UV_VENV)
+	@$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	@UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet
+	@touch $@
+
+venv: $(VENV)/.synced
+
+up: venv
+	@$(STACK) up
+
+down:
+	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop (no venv)"; fi
+
+status: venv
+	@$(STACK) status
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m schemas --check
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+schemas: venv
+	$(PY) -m schemas
+
+bench: bench-consumer bench-gateway bench-analytics
+
+bench-consumer bench-gateway bench-analytics: venv
+	@if [ -f bench/$(subst -,_,$(subst bench-,,$@))_throughput.py ] || [ -f bench/$(subst bench-,,$@)_latency.py ]; then \
+		$(PY) -m bench.$(subst bench-,,$@); \
+	else echo "$@: not built yet"; fi
+
+demo: venv
+	@echo "demo: not built yet (fleet simulator issue)"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,220 @@
+"""Session services, and per-module isolation: own database, own topics, own groups."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from consumers.migrate import apply_migrations
+from schemas import TopicNames, dlq_topic
+from tests.kafka_tools import create_topics, delete_topics
+from tests.services import ROOT, Services, session_services, with_database
+
+TEMPLATE_DB = "energy_test_template"
+API_KEY = "test-key-0123456789"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """Real Kafka and PostgreSQL for the whole session."""
+    with session_services() as found:
+        yield _with_read_only_role(found)
+
+
+def _with_read_only_role(found: Services) -> Services:
+    """Services given as one admin URL get a real read-only role, as deployments have."""
+    if found.reader_url != found.admin_url:
+        return found
+    with psycopg.connect(found.admin_url, autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'energy_reader'").fetchone()
+        if not exists:
+            admin.execute("CREATE ROLE energy_reader LOGIN PASSWORD 'energy_reader'")
+        admin.execute("ALTER ROLE energy_reader SET default_transaction_read_only = on")
+    parts = urlsplit(found.admin_url)
+    netloc = f"energy_reader:energy_reader@{parts.hostname}:{parts.port or 5432}"
+    return Services(
+        found.kafka_bootstrap,
+        found.admin_url,
+        found.writer_url,
+        urlunsplit(parts._replace(netloc=netloc)),
+    )
+
+
+def _admin(services: Services) -> psycopg.Connection[Any]:
+    return psycopg.connect(services.admin_url, autocommit=True)
+
+
+def _role(url: str) -> str:
+    return urlsplit(url).username or "postgres"
+
+
+@pytest.fixture(scope="session")
+def template_db(services: Services) -> str:
+    """A database with every migration applied, copied for each test module."""
+    with _admin(services) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}" OWNER "{_role(services.writer_url)}"')
+    apply_migrations(with_database(services.writer_url, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@dataclass
+class ModuleEnv:
+    """One test module's private database, topics and consumer groups."""
+
+    services: Services
+    name: str
+    topics: TopicNames
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def writer_url(self) -> str:
+        """Writer role on this module's database."""
+        return with_database(self.services.writer_url, self.name)
+
+    @property
+    def reader_url(self) -> str:
+        """Read-only role on this module's database."""
+        return with_database(self.services.reader_url, self.name)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A writer connection (autocommit) for assertions."""
+        return psycopg.connect(self.writer_url, autocommit=True)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``."""
+        with self.connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def consumer_env(self, stream: str, **extra: str) -> dict[str, str]:
+        """Environment of a consumer worker bound to this module's topics and database."""
+        env = dict(os.environ)
+        env.update(
+            CONSUMER_KAFKA_BOOTSTRAP_SERVERS=self.services.kafka_bootstrap,
+            CONSUMER_DATABASE_URL=self.writer_url,
+            CONSUMER_GROUP_ID_PREFIX=self.name,
+            CONSUMER_METER_TOPIC=self.topics.meter,
+            CONSUMER_VEHICLE_TOPIC=self.topics.vehicle,
+            CONSUMER_LINKS_TOPIC=self.topics.links,
+            CONSUMER_METRICS_PORT=str(free_port()),
+            CONSUMER_BATCH_MAX_WAIT_MS="50",
+        )
+        env.update(extra)
+        return env
+
+    def start_consumer(self, stream: str, **extra: str) -> subprocess.Popen[bytes]:
+        """``python -m consumers <stream>`` as a real process; stopped at module end."""
+        log = ROOT / ".stack" / "test-logs"
+        log.mkdir(parents=True, exist_ok=True)
+        # The child keeps its own copy of the file descriptor.
+        with (log / f"{self.name}-{stream}-{len(self.processes)}.log").open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "consumers", stream],
+                cwd=ROOT,
+                env=self.consumer_env(stream, **extra),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(proc)
+        return proc
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout_s
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval_s)
+        value = check()
+    assert value, f"condition not met within {timeout_s} s (last: {value!r})"
+    return value
+
+
+@pytest.fixture(scope="module")
+def env(
+    request: pytest.FixtureRequest, services: Services, template_db: str
+) -> Iterator[ModuleEnv]:
+    """This module's own database (a copy of the migrated template) and topics."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:20]
+    name = f"t_{module}_{uuid.uuid4().hex[:8]}"
+    topics = TopicNames(
+        meter=f"{name}.telemetry.meter.v1",
+        vehicle=f"{name}.telemetry.vehicle.v1",
+        links=f"{name}.fleet.links.v1",
+    )
+    with _admin(services) as admin:
+        owner = _role(services.writer_url)
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" OWNER "{owner}"')
+        reader = _role(services.reader_url)
+        admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+    all_topics = [*topics.all(), *(dlq_topic(t) for t in topics.all())]
+    create_topics(services.kafka_bootstrap, all_topics)
+    test_env = ModuleEnv(services, name, topics)
+    try:
+        yield test_env
+    finally:
+        for proc in test_env.processes:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in test_env.processes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        delete_topics(services.kafka_bootstrap, all_topics)
+        with _admin(services) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def gateway(env: ModuleEnv) -> Iterator[Any]:
+    """The gateway app in-process, on this module's topics, ready (Kafka connected)."""
+    from fastapi.testclient import TestClient
+
+    from ingest_gateway.app import create_app
+    from ingest_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(
+        kafka_bootstrap_servers=env.services.kafka_bootstrap,
+        meter_topic=env.topics.meter,
+        vehicle_topic=env.topics.vehicle,
+        links_topic=env.topics.links,
+        api_keys=API_KEY,
+    )
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def analytics(env: ModuleEnv) -> Iterator[Any]:
+    """The analytics app in-process, reading this module's database as the read-only role."""
+    from fastapi.testclient import TestClient
+
+    from analytics_api.app import create_app
+    from analytics_api.settings import AnalyticsSettings
+
+    settings = AnalyticsSettings(database_url=env.reader_url, api_keys=API_KEY)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        yield client

@@ -1,0 +1,212 @@
+"""The gateway over HTTP against the real broker: what it accepts, refuses, and publishes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from ingest_gateway.app import create_app
+from ingest_gateway.settings import GatewaySettings
+from tests.conftest import API_KEY, ModuleEnv, free_port, wait_for
+from tests.kafka_tools import read_all
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+def _ts(minutes_ago: int) -> str:
+    return (NOW - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
+
+
+def meter(meter_id: str = "GM1", minutes_ago: int = 1, kwh: float = 0.5) -> dict[str, Any]:
+    return {
+        "meterId": meter_id,
+        "kwhConsumedAc": kwh,
+        "voltage": 230,
+        "timestamp": _ts(minutes_ago),
+    }
+
+
+def vehicle(vehicle_id: str = "GV1", minutes_ago: int = 1, kwh: float = 0.25) -> dict[str, Any]:
+    return {
+        "vehicleId": vehicle_id,
+        "soc": 50,
+        "kwhDeliveredDc": kwh,
+        "batteryTemp": 30,
+        "timestamp": _ts(minutes_ago),
+    }
+
+
+def test_single_event_is_published_as_sent_keyed_by_device(
+    env: ModuleEnv, gateway: TestClient
+) -> None:
+    body = b'{"meterId": "GM-single", "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": "%s"}' % (
+        _ts(2).encode()
+    )
+    response = gateway.post(
+        "/v1/ingest", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1, "meter": 1}
+    records = read_all(env.services.kafka_bootstrap, env.topics.meter, expected=1)
+    mine = [r for r in records if r.key == b"GM-single"]
+    assert [r.value for r in mine] == [body]
+
+
+def test_batch_json_array_splits_streams(env: ModuleEnv, gateway: TestClient) -> None:
+    events = [meter("GM-batch", i) for i in range(3)] + [vehicle("GV-batch", i) for i in range(2)]
+    response = gateway.post("/v1/ingest/batch", json=events)
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 5, "meter": 3, "vehicle": 2}
+    vehicles = read_all(env.services.kafka_bootstrap, env.topics.vehicle, expected=2)
+    mine = [orjson.loads(r.value) for r in vehicles if r.key == b"GV-batch"]
+    assert sorted(mine, key=lambda e: e["timestamp"]) == sorted(
+        events[3:], key=lambda e: e["timestamp"]
+    )
+
+
+def test_batch_ndjson(gateway: TestClient) -> None:
+    lines = b"\n".join(orjson.dumps(vehicle("GV-nd", i)) for i in range(4)) + b"\n\n"
+    response = gateway.post(
+        "/v1/ingest/batch", content=lines, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.status_code == 202
+    assert response.json()["accepted"] == 4
+
+
+def test_batch_is_all_or_nothing_and_names_each_bad_index_and_field(
+    env: ModuleEnv, gateway: TestClient
+) -> None:
+    events = [meter("GM-aon", 1), {**meter("GM-aon", 2), "voltage": 5000}, vehicle("GV-aon", 1)]
+    events.append({**vehicle("GV-aon", 2), "soc": "full", "extra": 1})
+    response = gateway.post("/v1/ingest/batch", json=events)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "validation_failed"
+    assert "2 of 4 event(s) failed validation" in body["message"]
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [
+        (1, "voltage"),
+        (3, "soc"),
+        (3, "extra"),
+    ]
+    records = read_all(env.services.kafka_bootstrap, env.topics.meter, expected=0, timeout_s=2)
+    assert not [r for r in records if r.key == b"GM-aon"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "ctype", "status", "code"),
+    [
+        ("/v1/ingest", b"{not json", "application/json", 422, "validation_failed"),
+        ("/v1/ingest", b"[]", "application/json", 422, "validation_failed"),
+        ("/v1/ingest/batch", b'{"meterId": "M1"}', "application/json", 422, "validation_failed"),
+        ("/v1/ingest/batch", b"[]", "application/json", 422, "validation_failed"),
+        ("/v1/ingest/batch", b"a,b", "text/csv", 415, "unsupported_media_type"),
+        (
+            "/v1/ingest/batch",
+            b'{"meterId": 1}\n{oops',
+            "application/x-ndjson",
+            422,
+            "validation_failed",
+        ),
+        ("/v1/links", b'{"vehicleId": "V1"}', "application/json", 422, "validation_failed"),
+    ],
+)
+def test_malformed_bodies(
+    gateway: TestClient, path: str, content: bytes, ctype: str, status: int, code: str
+) -> None:
+    response = gateway.post(path, content=content, headers={"Content-Type": ctype})
+    assert response.status_code == status
+    assert response.json()["error"] == code
+    assert response.json()["message"]
+
+
+def test_body_over_the_size_limit_is_413(gateway: TestClient) -> None:
+    huge = b"[" + b" " * (5 * 1024 * 1024) + b"]"
+    response = gateway.post(
+        "/v1/ingest/batch", content=huge, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "exceeds the limit of 5242880 bytes" in response.json()["message"]
+
+
+def test_streamed_body_without_length_is_cut_at_the_limit(gateway: TestClient) -> None:
+    def chunks() -> Any:
+        for _ in range(6 * 1024):
+            yield b" " * 1024
+
+    response = gateway.post(
+        "/v1/ingest/batch", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+def test_too_many_events_is_413(gateway: TestClient) -> None:
+    events = [meter("GM-many", i % 60) for i in range(10_001)]
+    response = gateway.post("/v1/ingest/batch", json=events)
+    assert response.status_code == 413
+    assert "10001 events exceeds the limit of 10000" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong-key", "Basic dXNlcjpwdw==", "Bearer ", API_KEY]
+)
+def test_missing_or_wrong_key_is_401(gateway: TestClient, authorization: str | None) -> None:
+    # An empty header stands for a missing one (the client sends the key by default).
+    headers = {"Authorization": authorization if authorization is not None else ""}
+    response = gateway.post("/v1/ingest", json=meter(), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_health_and_metrics_need_no_key(gateway: TestClient) -> None:
+    no_key = {"Authorization": ""}
+    assert gateway.get("/healthz", headers=no_key).json() == {"status": "ok"}
+    assert gateway.get("/readyz", headers=no_key).json() == {"status": "ready", "kafka": "ok"}
+    text = gateway.get("/metrics", headers=no_key).text
+    assert 'energy_gateway_events_accepted_total{stream="meter"}' in text
+    assert "energy_gateway_publish_seconds_bucket" in text
+
+
+def test_kafka_unreachable_gives_503_with_retry_after_fast() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    settings = GatewaySettings(
+        kafka_bootstrap_servers=dead,
+        api_keys=API_KEY,
+        publish_timeout_s=1.0,
+        retry_after_s=3,
+    )
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        started = time.monotonic()
+        response = client.post("/v1/ingest", json=meter())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"
+    assert response.json()["error"] == "kafka_unavailable"
+    assert elapsed < 2.0
+
+
+def test_kafka_not_acknowledging_in_time_gives_503(env: ModuleEnv) -> None:
+    # Connected to the real broker, but the topic does not exist (auto-creation
+    # is off), so no acknowledgement can come: the publish timeout must answer.
+    settings = GatewaySettings(
+        kafka_bootstrap_servers=env.services.kafka_bootstrap,
+        meter_topic=f"{env.name}.missing",
+        api_keys=API_KEY,
+        publish_timeout_s=1.0,
+    )
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        started = time.monotonic()
+        response = client.post("/v1/ingest", json=meter())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert "did not acknowledge within 1 s" in response.json()["message"]
+    assert response.headers["Retry-After"] == "2"
+    assert elapsed < 2.5

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -29,9 +31,34 @@ log = logging.getLogger("consumers")
 async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.Event) -> None:
     """Run ``stream``'s worker until ``stop`` is set. Owns its consumer, producer and connection."""
     topic = settings.topics().for_stream(stream)
+    group_id = f"{settings.group_id_prefix}-{stream.value}"
+    clients = await _connect_kafka(settings, stream, group_id, stop)
+    if clients is None:
+        log.info("stopped before Kafka was reachable")
+        return
+    consumer, producer = clients
+    try:
+        async with WriterConnection(settings.database_url.get_secret_value()) as db:
+            worker = StreamWorker(
+                settings, stream, consumer, db, DeadLetterPublisher(producer, group_id), stop
+            )
+            consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
+            log.info("consuming %s as group %s", topic, group_id)
+            await worker.run()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    log.info("stopped cleanly")
+
+
+def _kafka_clients(
+    settings: ConsumerSettings, stream: Stream, group_id: str
+) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"{settings.group_id_prefix}-{stream.value}",
+        group_id=group_id,
+        # Dead letters are written transactionally; never read aborted ones.
+        isolation_level="read_committed",
         client_id=f"energy-consumer-{stream.value}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -42,53 +69,43 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"energy-consumer-{stream.value}-dlq",
+        # One id per process: a restarted worker never inherits an open transaction.
+        transactional_id=f"{group_id}-dlq-{uuid.uuid4().hex}",
         acks="all",
         enable_idempotence=True,
     )
-    await _start_kafka(settings, consumer, producer, stop)
-    try:
-        async with WriterConnection(settings.database_url.get_secret_value()) as db:
-            worker = StreamWorker(
-                settings, stream, consumer, db, DeadLetterPublisher(producer), stop
-            )
-            consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
-            log.info(
-                "consuming %s as group %s", topic, f"{settings.group_id_prefix}-{stream.value}"
-            )
-            await worker.run()
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    log.info("stopped cleanly")
+    return consumer, producer
 
 
-async def _start_kafka(
-    settings: ConsumerSettings,
-    consumer: AIOKafkaConsumer,
-    producer: AIOKafkaProducer,
-    stop: asyncio.Event,
-) -> None:
-    """Start both Kafka clients, waiting (with back-off) while the broker is unreachable."""
+async def _connect_kafka(
+    settings: ConsumerSettings, stream: Stream, group_id: str, stop: asyncio.Event
+) -> tuple[AIOKafkaConsumer, AIOKafkaProducer] | None:
+    """Started Kafka clients, waiting with back-off while the broker is unreachable.
+
+    ``None`` if ``stop`` was set first. A client that failed to start cannot
+    be started again, so every attempt builds new ones.
+    """
     delay = settings.retry_initial_s
-    while True:
+    while not stop.is_set():
+        consumer, producer = _kafka_clients(settings, stream, group_id)
         try:
             await consumer.start()
             await producer.start()
         except KafkaError as exc:
             await consumer.stop()
             await producer.stop()
-            if stop.is_set():
-                raise
             log.warning(
                 "Kafka unreachable at %s, retrying in %.1fs: %r",
                 settings.kafka_bootstrap_servers,
                 delay,
                 exc,
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, settings.retry_max_s)
         else:
-            return
+            return consumer, producer
+    return None
 
 
 async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
@@ -111,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "migrate":
+        # yoyo logs every step at INFO; the summary line below is what operators need.
+        logging.getLogger("yoyo").setLevel(logging.WARNING)
         applied = apply_migrations(settings.database_url.get_secret_value())
         print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
         return 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from consumers.dlq import Poison
@@ -31,6 +31,8 @@ def decode_batch(records: list[Any], stream: Stream, limits: ValidationLimits) -
     """Validate each record with the same rules as the gateway; never raises."""
     batch = DecodedBatch()
     table = READING_TABLES.get(stream)
+    # One clock reading per batch for the future-skew rule, not one per event.
+    limits = replace(limits, now=datetime.now(UTC))
     for record in records:
         try:
             event = decode_event(record.value or b"", stream, limits)

@@ -3,17 +3,22 @@
 The headers name the error class, a human-readable reason and where the record
 came from (topic, partition, offset), so an operator can inspect, fix and
 replay it.
+
+Dead letters and the batch's offsets are committed in ONE Kafka transaction:
+a worker killed between the two can neither lose a dead letter nor write it
+twice. Readers of a ``.dlq`` topic should use ``isolation.level=read_committed``
+(records of an aborted attempt are then invisible).
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from consumers.errors import DeadLetterUnavailable
+from consumers.errors import BatchAbandoned, DeadLetterFailed, DeadLetterUnavailable
 from schemas import (
     DLQ_HEADER_ERROR_CLASS,
     DLQ_HEADER_OFFSET,
@@ -51,28 +56,40 @@ class Poison:
 
 
 class DeadLetterPublisher:
-    """Sends poison records to ``<topic>.dlq`` and waits for Kafka's acknowledgement."""
+    """Sends poison records to ``<topic>.dlq`` with the batch's offsets, transactionally.
 
-    def __init__(self, producer: AIOKafkaProducer, timeout_s: float = 30.0) -> None:
+    ``producer`` must be transactional (a ``transactional_id`` of its own).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, group_id: str) -> None:
         self._producer = producer
-        self._timeout_s = timeout_s
+        self._group_id = group_id
 
-    async def publish(self, poison: list[Poison]) -> None:
-        """Publish all of ``poison``; returns only when every record is acknowledged.
+    async def publish_and_commit(
+        self,
+        poison: list[Poison],
+        offsets: dict[TopicPartition, int],
+        still_owner: Callable[[], bool],
+    ) -> None:
+        """Publish ``poison`` and commit ``offsets`` for the group, all or nothing.
 
-        Raises :class:`DeadLetterUnavailable` (retriable): the caller must not
-        commit offsets then. Publishing the same records again is harmless but
-        gives duplicate DLQ entries.
+        ``still_owner`` is asked last, inside the transaction: the broker does
+        not fence transactional offset commits by group generation for this
+        client, so a worker that lost the partitions must abort by itself.
+        Raises :class:`BatchAbandoned` then (aborted), :class:`DeadLetterUnavailable`
+        when Kafka cannot complete the transaction now (aborted; calling again
+        is safe), or :class:`DeadLetterFailed` when the producer cannot go on.
         """
-        if not poison:
-            return
         try:
-            futures = [
-                await self._producer.send(
-                    dlq_topic(p.topic), value=p.value, key=p.key, headers=p.headers()
-                )
-                for p in poison
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
-        except (KafkaError, TimeoutError) as exc:
-            raise DeadLetterUnavailable(f"dead-letter topic did not acknowledge: {exc!r}") from exc
+            async with self._producer.transaction():
+                for p in poison:
+                    await self._producer.send(
+                        dlq_topic(p.topic), value=p.value, key=p.key, headers=p.headers()
+                    )
+                await self._producer.send_offsets_to_transaction(offsets, self._group_id)
+                if not still_owner():
+                    raise BatchAbandoned("partitions were reassigned before the commit")
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False) or isinstance(exc, KafkaConnectionError):
+                raise DeadLetterUnavailable(f"dead-letter transaction failed: {exc!r}") from exc
+            raise DeadLetterFailed(f"dead-letter producer failed: {exc!r}") from exc

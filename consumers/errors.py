@@ -22,6 +22,18 @@ class SinkUnavailable(ConsumerError):
 
 
 class DeadLetterUnavailable(ConsumerError):
-    """Kafka did not acknowledge a dead-letter record; offsets stay uncommitted."""
+    """The dead-letter transaction did not complete; it was aborted, offsets stay uncommitted."""
 
     retriable = True
+
+
+class DeadLetterFailed(ConsumerError):
+    """The dead-letter producer is unusable (e.g. fenced); the worker exits to be restarted."""
+
+
+class BatchAbandoned(ConsumerError):
+    """The worker lost the batch's partitions (rebalance) before committing it.
+
+    Nothing is committed for it; the new owner reads the records again, and
+    rows already stored are dropped there as duplicates.
+    """

@@ -32,17 +32,22 @@ COMMIT_FAILURES = Counter(
     "Offset commits refused (e.g. after a rebalance); the batch is re-read and deduplicated.",
     ["stream"],
 )
+ABANDONED = Counter(
+    "energy_consumer_batches_abandoned_total",
+    "Batches given up uncommitted because their partitions moved to another worker.",
+    ["stream"],
+)
 BATCH_SIZE = Histogram(
     "energy_consumer_batch_size",
     "Records per batch.",
     ["stream"],
-    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000),
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
 )
 COMMIT_SECONDS = Histogram(
     "energy_consumer_batch_commit_seconds",
     "Time to write one batch to PostgreSQL and commit it.",
     ["stream"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
 )
 EVENT_AGE_SECONDS = Histogram(
     "energy_consumer_event_age_seconds",

@@ -3,8 +3,8 @@
 The order of every batch, and why it is safe to kill the process at any instant:
 
     validate -> write ONE PostgreSQL transaction -> commit it
-             -> publish poison to the DLQ (acknowledged)
-             -> commit Kafka offsets (last offset + 1 per partition)
+             -> commit Kafka offsets (last offset + 1 per partition), in one
+                Kafka transaction with the batch's poison records when it has any
 
 A crash before the PostgreSQL commit loses nothing (offsets are not
 committed, the batch is read again). A crash after it re-reads a batch whose
@@ -15,6 +15,7 @@ ignores readings that are not newer, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from consumers import metrics
 from consumers.batch import DecodedBatch, decode_batch
 from consumers.connection import WriterConnection
 from consumers.dlq import DeadLetterPublisher
-from consumers.errors import ConsumerError
+from consumers.errors import BatchAbandoned, ConsumerError
 from consumers.settings import ConsumerSettings
 from consumers.sink import LinkSink, ReadingSink, WriteResult
 from consumers.tables import READING_TABLES
@@ -60,30 +61,89 @@ class StreamWorker:
         table = READING_TABLES.get(stream)
         self._readings = ReadingSink(table) if table is not None else None
         self._links = LinkSink()
-        # Held while a batch is between poll and offset commit, so a rebalance
-        # waits for the batch to be committed instead of handing its partitions
-        # to another worker half-done.
-        self.batch_lock = asyncio.Lock()
+        # The batch being written and committed. A rebalance waits for it, so
+        # partitions are never handed to another worker with a batch half-done.
+        self._inflight: asyncio.Task[None] | None = None
+        # Set while a rebalance waits: a batch that cannot be written now is
+        # abandoned instead of retried.
+        self._abandon = False
 
     async def run(self) -> None:
-        """Poll and process batches until ``stop`` is set; the last batch is finished."""
-        while not self.stop.is_set():
-            data = await self.consumer.getmany(
-                timeout_ms=self.settings.batch_max_wait_ms,
-                max_records=self.settings.batch_max_records,
-            )
-            if data:
-                async with self.batch_lock:
-                    await self.process(data)
+        """Poll and process batches until ``stop`` is set; the last batch is finished.
 
-    async def process(self, data: dict[TopicPartition, list[Any]]) -> None:
-        """Write one polled batch, dead-letter its poison, then commit its offsets."""
-        records = [record for batch in data.values() for record in batch]
+        Two batches are in hand at most: while one is being written and
+        committed, the next is polled and decoded, so Python's decoding
+        overlaps PostgreSQL's work. Batches still commit strictly in order.
+        """
+        try:
+            while not self.stop.is_set():
+                data = await self.consumer.getmany(
+                    timeout_ms=self.settings.batch_max_wait_ms,
+                    max_records=self.settings.batch_max_records,
+                )
+                if not data:
+                    continue
+                decoded = decode_batch(
+                    [record for batch in data.values() for record in batch],
+                    self.stream,
+                    self.limits,
+                )
+                await self.drain()
+                # A rebalance may have taken partitions while the previous batch
+                # was written: their records now belong to another worker.
+                assigned = self.consumer.assignment()
+                if any(tp not in assigned for tp in data):
+                    data = {tp: batch for tp, batch in data.items() if tp in assigned}
+                    decoded = decode_batch(
+                        [record for batch in data.values() for record in batch],
+                        self.stream,
+                        self.limits,
+                    )
+                if data:
+                    generation = self._generation()
+                    self._inflight = asyncio.create_task(self.process(data, decoded, generation))
+        finally:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the batch in flight (if any) is written and its offsets committed."""
+        inflight = self._inflight
+        if inflight is None:
+            return
+        try:
+            # Shielded: the main loop and a rebalance may both wait for it.
+            await asyncio.shield(inflight)
+        finally:
+            if self._inflight is inflight:
+                self._inflight = None
+
+    async def process(
+        self, data: dict[TopicPartition, list[Any]], decoded: DecodedBatch, generation: int
+    ) -> None:
+        """Write one decoded batch, dead-letter its poison, then commit its offsets.
+
+        ``generation`` is the consumer group generation the batch was polled in.
+        """
+        try:
+            await self._process(data, decoded, generation)
+        except BatchAbandoned as exc:
+            metrics.ABANDONED.labels(self.stream.value).inc()
+            log.warning("batch abandoned, its records will be re-read: %s", exc)
+
+    def _generation(self) -> int:
+        # aiokafka keeps the group generation on its coordinator (no public API).
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        generation: int = getattr(coordinator, "generation", -1)
+        return generation
+
+    async def _process(
+        self, data: dict[TopicPartition, list[Any]], decoded: DecodedBatch, generation: int
+    ) -> None:
         label = self.stream.value
-        metrics.EVENTS_CONSUMED.labels(label).inc(len(records))
-        metrics.BATCH_SIZE.labels(label).observe(len(records))
+        records = sum(len(batch) for batch in data.values())
+        metrics.EVENTS_CONSUMED.labels(label).inc(records)
+        metrics.BATCH_SIZE.labels(label).observe(records)
 
-        decoded = decode_batch(records, self.stream, self.limits)
         started = time.perf_counter()
         result = await self._retrying("postgresql", lambda: self._write(decoded))
         metrics.COMMIT_SECONDS.labels(label).observe(time.perf_counter() - started)
@@ -93,8 +153,19 @@ class StreamWorker:
         for rejected in result.rejected:
             decoded.reject(rejected.index, rejected.error_class, rejected.reason)
 
+        offsets = {tp: batch[-1].offset + 1 for tp, batch in data.items()}
         if decoded.poison:
-            await self._retrying("kafka", lambda: self.dead_letters.publish(decoded.poison))
+            # Dead letters and offsets in one Kafka transaction: exactly once.
+            assigned = set(offsets)
+
+            def still_owner() -> bool:
+                return self._generation() == generation and assigned <= self.consumer.assignment()
+
+            await self._retrying(
+                "kafka",
+                lambda: self.dead_letters.publish_and_commit(decoded.poison, offsets, still_owner),
+            )
+            await self._until_committed(offsets)
             for poison in decoded.poison:
                 metrics.DEAD_LETTERED.labels(label, poison.error_class).inc()
                 log.warning(
@@ -105,9 +176,8 @@ class StreamWorker:
                     poison.error_class,
                     poison.reason,
                 )
-
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in data.items()}
-        await self._commit(offsets)
+        else:
+            await self._commit(offsets)
         metrics.EVENTS_WRITTEN.labels(label).inc(result.inserted)
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
         self._observe_lag(offsets)
@@ -125,10 +195,12 @@ class StreamWorker:
     async def _retrying(self, cause: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, backing off on retriable errors.
 
-        While retrying, the assigned partitions are paused (no new records are
-        buffered) and the consumer keeps polling so it stays in its group. If
-        ``stop`` is set meanwhile, the error is raised and offsets stay as they
-        were: the batch will be read again.
+        While retrying, the assigned partitions are paused, so no new records
+        are buffered. If ``stop`` is set meanwhile, the error is raised and
+        offsets stay as they were: the batch will be read again. (An outage
+        longer than ``max.poll.interval.ms`` costs the group membership; the
+        commit is then refused and the rows, already stored, are re-read and
+        dropped as duplicates.)
         """
         delay = self.settings.retry_initial_s
         paused = False
@@ -139,6 +211,10 @@ class StreamWorker:
                 except ConsumerError as exc:
                     if not exc.retriable or self.stop.is_set():
                         raise
+                    if self._abandon:
+                        # A rebalance is waiting for this batch: give its
+                        # partitions up rather than hold the group hostage.
+                        raise BatchAbandoned(f"rebalance during an outage: {exc}") from exc
                     metrics.RETRIES.labels(self.stream.value, cause).inc()
                     log.warning("%s unavailable, retrying in %.1fs: %s", cause, delay, exc)
                     if not paused:
@@ -151,15 +227,9 @@ class StreamWorker:
                 self.consumer.resume(*self.consumer.assignment())
 
     async def _idle(self, seconds: float) -> None:
-        """Wait while staying a live group member (a poll resets the poll timer)."""
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0 and not self.stop.is_set():
-            data = await self.consumer.getmany(timeout_ms=max(1, int(min(remaining, 1.0) * 1000)))
-            # Partitions assigned by a rebalance during the pause are not paused
-            # yet: rewind whatever they returned so nothing is skipped.
-            for tp, batch in data.items():
-                self.consumer.seek(tp, batch[0].offset)
-                self.consumer.pause(tp)
+        """Sleep ``seconds``, waking early when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         delay = self.settings.retry_initial_s
@@ -184,6 +254,24 @@ class StreamWorker:
             else:
                 return
 
+    async def _until_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Wait until transactionally committed offsets are visible to the group.
+
+        The broker applies transactional offsets shortly after the transaction
+        commits. Until then a worker taking over the partition would read the
+        older offset and dead-letter the same poison again, so a batch counts
+        as finished (and a rebalance may proceed) only once they are visible.
+        """
+        deadline = time.monotonic() + 30
+        for tp, offset in offsets.items():
+            while time.monotonic() < deadline:
+                try:
+                    if await self.consumer.committed(tp) == offset:
+                        break
+                except KafkaError as exc:
+                    log.warning("cannot read committed offset of %s yet: %r", tp, exc)
+                await asyncio.sleep(0.02)
+
     def _observe_lag(self, committed: dict[TopicPartition, int]) -> None:
         for tp, offset in committed.items():
             highwater = self.consumer.highwater(tp)
@@ -199,9 +287,13 @@ class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Wait for the batch in flight to be written and committed."""
-        async with self._worker.batch_lock:
-            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        """Wait for the batch in flight to be committed (or abandoned, if it cannot be)."""
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        self._worker._abandon = True
+        try:
+            await self._worker.drain()
+        finally:
+            self._worker._abandon = False
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Log the new assignment."""

@@ -8,13 +8,12 @@ numbers belong and out-of-range values are all rejected.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -27,26 +26,15 @@ from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 MAX_ID_LENGTH = 64
 
 
-def _check_device_id(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must contain printable characters only")
-    if value != value.strip():
-        raise ValueError("must not start or end with whitespace")
-    return value
-
-
-def _require_iso_string(value: Any) -> Any:
-    # Lax pydantic would read a number as Unix seconds; the contract says
-    # ISO 8601 text, so anything else is refused before parsing.
-    if isinstance(value, str | datetime):
-        return value
-    raise ValueError("must be an ISO 8601 string with an offset or Z")
-
+# Printable characters (no control, format or separator characters but the
+# plain space), not starting or ending with whitespace. Checked natively by
+# pydantic-core's regex engine: the consumers validate every event with it.
+_PRINTABLE = r"[^\p{C}\p{Z}]"
+DEVICE_ID_PATTERN = rf"^{_PRINTABLE}(?:(?:{_PRINTABLE}| )*{_PRINTABLE})?$"
 
 DeviceId = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True),
-    AfterValidator(_check_device_id),
+    Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True, pattern=DEVICE_ID_PATTERN),
 ]
 # strict: a JSON string "15.2" or a boolean is not a number here.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -54,17 +42,14 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 def _limits(info: ValidationInfo) -> ValidationLimits:
     context = info.context
-    if isinstance(context, ValidationLimits):
-        return context
-    return DEFAULT_LIMITS
+    return context if isinstance(context, ValidationLimits) else DEFAULT_LIMITS
 
 
 def _check_not_future(value: datetime, info: ValidationInfo) -> datetime:
     limits = _limits(info)
-    now = limits.now or datetime.now(UTC)
-    if value - now > limits.max_future:
+    if value - (limits.now or datetime.now(UTC)) > limits.max_future:
         raise ValueError(f"is more than {int(limits.max_future.total_seconds())} s in the future")
-    return value.astimezone(UTC)
+    return value
 
 
 def _check_energy(value: float, info: ValidationInfo) -> float:
@@ -74,16 +59,15 @@ def _check_energy(value: float, info: ValidationInfo) -> float:
     return value
 
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+# strict: in JSON only an ISO 8601 string is a time (lax mode would read a
+# number as Unix seconds); from Python, only a datetime. Events are always
+# validated from their JSON bytes (see schemas.decode).
+_IsoTime = Annotated[AwareDatetime, Field(strict=True)]
 
-
-#: A reading's device time: ISO 8601, aware, not too far in the future, kept in UTC.
-Timestamp = Annotated[
-    AwareDatetime, BeforeValidator(_require_iso_string), AfterValidator(_check_not_future)
-]
-#: A link boundary: aware ISO 8601 in UTC; may lie in the future (planned links).
-LinkTime = Annotated[AwareDatetime, BeforeValidator(_require_iso_string), AfterValidator(_to_utc)]
+#: A reading's device time: ISO 8601 with an offset or Z, not too far in the future.
+Timestamp = Annotated[_IsoTime, AfterValidator(_check_not_future)]
+#: A link boundary: ISO 8601 with an offset or Z; may lie in the future (planned links).
+LinkTime = _IsoTime
 #: Energy of one one-minute interval, kWh.
 Energy = Annotated[Number, Field(ge=0), AfterValidator(_check_energy)]
 

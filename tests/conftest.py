@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from consumers.migrate import apply_migrations
+from deploy.local.services import ROOT, Services, session_services, with_database
 from schemas import TopicNames, dlq_topic
 from tests.kafka_tools import create_topics, delete_topics
-from tests.services import ROOT, Services, session_services, with_database
 
 TEMPLATE_DB = "energy_test_template"
 API_KEY = "test-key-0123456789"
@@ -49,6 +49,7 @@ def _with_read_only_role(found: Services) -> Services:
         found.admin_url,
         found.writer_url,
         urlunsplit(parts._replace(netloc=netloc)),
+        stack=found.stack,
     )
 
 

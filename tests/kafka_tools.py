@@ -68,8 +68,13 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0)
     """
 
     async def run() -> list[Any]:
+        # read_committed: dead letters are written in transactions.
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            isolation_level="read_committed",
         )
         await consumer.start()
         records: list[Any] = []

@@ -1,0 +1,182 @@
+"""Exactly-once effect under crashes: kill -9 of workers, PostgreSQL and Kafka restarts.
+
+Two vehicle workers share one consumer group while 200,000 heartbeats, with
+duplicates and poison records mixed in, are produced. Meanwhile the workers are
+killed with SIGKILL at random moments and restarted, PostgreSQL is stopped
+the hard way (immediate shutdown) and restarted, and the Kafka broker is
+SIGKILLed and restarted. At the end, per device, history counts and energy
+sums are exactly what was produced, live status is the newest reading, and
+the dead-letter topic holds exactly the injected poison, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from deploy.local.services import crash_kafka, crash_postgres, start_infra
+from schemas import dlq_topic
+from tests.conftest import ModuleEnv, wait_for
+from tests.kafka_tools import read_all
+
+DEVICES = 1000
+MINUTES = 200
+EVENTS = DEVICES * MINUTES
+PARTITIONS = 3  # the env fixture's topics
+
+
+def _events(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
+    """Heartbeats (key, value) in production order, with duplicates and poison mixed in.
+
+    Energy values are multiples of 1/64, so sums are exact in any order.
+    """
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=MINUTES + 5)
+    truth: dict[str, Any] = {"count": Counter(), "sum": defaultdict(float), "newest": {}}
+    records: list[tuple[bytes, bytes]] = []
+    for minute in range(MINUTES):
+        stamp = (start + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
+        for device in range(DEVICES):
+            vid = f"CV{device:04d}"
+            kwh = rng.randrange(0, 64) / 64
+            soc = round(20 + minute * 0.3, 1)
+            value = orjson.dumps(
+                {"vehicleId": vid, "soc": soc, "kwhDeliveredDc": kwh, "batteryTemp": 30, "timestamp": stamp}
+            )
+            records.append((vid.encode(), value))
+            truth["count"][vid] += 1
+            truth["sum"][vid] += kwh
+            truth["newest"][vid] = (stamp, soc)
+    # Device retries: the same bytes again, later in the stream.
+    for _ in range(3000):
+        records.insert(rng.randrange(len(records) // 2, len(records)), rng.choice(records[:-1]))
+    poison: list[bytes] = []
+    for i in range(60):
+        kind = i % 3
+        if kind == 0:
+            value = b'{"vehicleId": "CV0001", "soc": ' + str(i).encode()  # truncated JSON
+        elif kind == 1:
+            value = orjson.dumps(
+                {"vehicleId": f"CV{i:04d}", "soc": 150, "kwhDeliveredDc": 1, "batteryTemp": 30,
+                 "timestamp": "2026-01-01T00:00:00Z", "n": i}
+            )
+        else:
+            value = orjson.dumps({"meterId": f"M{i}", "kwhConsumedAc": 1, "voltage": 230,
+                                  "timestamp": "2026-01-01T00:00:00Z"})
+        poison.append(value)
+        records.insert(rng.randrange(len(records)), (f"CV{i:04d}".encode(), value))
+    truth["poison"] = poison
+    return records, truth
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20
+    )
+    await producer.start()
+    partitioner = DefaultPartitioner()
+    parts = list(range(PARTITIONS))
+    try:
+        batches: dict[int, Any] = {}
+        futures = []
+        for key, value in records:
+            part = partitioner(key, parts, parts)
+            batch = batches.get(part) or producer.create_batch()
+            batches[part] = batch
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=part))
+                batches[part] = producer.create_batch()
+                batches[part].append(key=key, value=value, timestamp=None)
+        for part, batch in batches.items():
+            batch.close()
+            futures.append(await producer.send_batch(batch, topic, partition=part))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _history(env: ModuleEnv) -> int:
+    count: int = env.query("SELECT count(*) FROM vehicle_readings_history")[0][0]
+    return count
+
+
+@pytest.mark.slow
+def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
+    stack = env.services.stack
+    assert stack is not None, "fault injection needs the local stack (it restarts the servers)"
+    rng = random.Random(20261126)
+    records, truth = _events(rng)
+    quarter = len(records) // 4
+    parts = [records[i * quarter : (i + 1) * quarter if i < 3 else None] for i in range(4)]
+
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start_worker() -> None:
+        workers.append(env.start_consumer("vehicle", CONSUMER_BATCH_MAX_RECORDS="2000"))
+
+    def kill_one() -> None:
+        live = [w for w in workers if w.poll() is None]
+        victim = rng.choice(live)
+        time.sleep(rng.uniform(0.2, 1.5))  # a random moment in its work
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        workers.remove(victim)
+        start_worker()
+
+    start_worker()
+    start_worker()
+    bootstrap = env.services.kafka_bootstrap
+    topic = env.topics.vehicle
+    kills = 0
+
+    asyncio.run(_produce(bootstrap, topic, parts[0]))
+    kill_one()
+    kill_one()
+    kills += 2
+
+    asyncio.run(_produce(bootstrap, topic, parts[1]))
+    time.sleep(rng.uniform(0.5, 1.5))
+    crash_postgres(stack)  # workers now retry with back-off; nothing may be dead-lettered
+    time.sleep(2)
+    start_infra(stack)
+    kill_one()
+    kills += 1
+
+    asyncio.run(_produce(bootstrap, topic, parts[2]))
+    time.sleep(rng.uniform(0.5, 1.5))
+    crash_kafka(stack)
+    time.sleep(2)
+    start_infra(stack)
+    kill_one()
+    kills += 1
+
+    asyncio.run(_produce(bootstrap, topic, parts[3]))
+    kill_one()
+    kill_one()
+    kills += 2
+
+    wait_for(lambda: _history(env) == EVENTS, timeout_s=240, interval_s=1)
+    dead = read_all(bootstrap, dlq_topic(topic), expected=len(truth["poison"]), timeout_s=60)
+    assert kills == 6
+
+    rows = env.query(
+        "SELECT vehicle_id, count(*), sum(kwh_delivered_dc) FROM vehicle_readings_history"
+        " GROUP BY vehicle_id"
+    )
+    assert {vid: (n, total) for vid, n, total in rows} == {
+        vid: (truth["count"][vid], truth["sum"][vid]) for vid in truth["count"]
+    }
+    live = env.query("SELECT vehicle_id, recorded_at, soc FROM vehicle_live_status")
+    assert {vid: (ts.isoformat().replace("+00:00", "Z"), soc) for vid, ts, soc in live} == truth["newest"]
+    assert Counter(r.value for r in dead) == Counter(truth["poison"])

@@ -1,0 +1,134 @@
+"""Shared plumbing of the benchmarks: a private stack, a fresh database, topics, metrics.
+
+Benchmarks run against real services only: ``KAFKA_BOOTSTRAP_SERVERS`` and
+``DATABASE_URL`` when set, else a local stack of their own in ``.stack/bench``
+(ports 59092/59093/55432), started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+
+from consumers.migrate import apply_migrations
+from deploy.local.services import LocalStack, Services, session_services, with_database
+
+BENCH_STACK = LocalStack("bench", 59092, 59093, 55432)
+
+
+def say(message: str) -> None:
+    """Progress for people, on stderr (stdout's last line is the JSON result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    """A migrated database of its own for one benchmark run."""
+
+    services: Services
+    name: str
+
+    @property
+    def writer_url(self) -> str:
+        """Writer role on the run's database."""
+        return with_database(self.services.writer_url, self.name)
+
+    @property
+    def reader_url(self) -> str:
+        """Read-only role on the run's database."""
+        return with_database(self.services.reader_url, self.name)
+
+
+@contextmanager
+def bench_services() -> Iterator[Services]:
+    """Kafka and PostgreSQL for a benchmark run."""
+    with session_services(BENCH_STACK) as services:
+        yield services
+
+
+@contextmanager
+def fresh_database(services: Services, prefix: str) -> Iterator[BenchDatabase]:
+    """A new database with every migration applied; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    owner = urlsplit(services.writer_url).username or "postgres"
+    with psycopg.connect(services.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+        reader = urlsplit(services.reader_url).username
+        if reader and reader != owner:
+            admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+    database = BenchDatabase(services, name)
+    try:
+        apply_migrations(database.writer_url)
+        yield database
+    finally:
+        with psycopg.connect(services.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def scrape(url: str) -> str:
+    """The Prometheus text at ``url``."""
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 -- loopback URL we built
+        text: str = response.read().decode()
+        return text
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` whose label set contains ``labels``."""
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    for match in pattern.finditer(text):
+        if labels in (match.group(1) or ""):
+            total += float(match.group(2))
+    return total
+
+
+def histogram_quantile(text: str, name: str, quantile: float) -> float | None:
+    """Quantile of a Prometheus histogram, interpolated inside its bucket (as PromQL does)."""
+    pattern = re.compile(
+        rf'^{re.escape(name)}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} (\S+)$', re.MULTILINE
+    )
+    buckets: dict[float, float] = {}
+    for match in pattern.finditer(text):
+        bound = float("inf") if match.group(1) == "+Inf" else float(match.group(1))
+        buckets[bound] = buckets.get(bound, 0.0) + float(match.group(2))
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total == 0:
+        return None
+    rank = quantile * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def json_line(result: dict[str, Any]) -> str:
+    """The final JSON line of a benchmark."""
+    import json
+
+    return json.dumps(result, sort_keys=False)

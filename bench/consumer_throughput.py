@@ -1,0 +1,284 @@
+"""Consumer catch-up: a pre-filled topic drained into committed history and live status.
+
+    python -m bench.consumer_throughput [--events 2000000] [--devices 10000]
+
+1. fills a fresh 12-partition topic with N vehicle heartbeats from D devices
+   (one per device per minute, realistic values, keyed by device id);
+2. baseline: a plain binary COPY of the same rows into a table of the same
+   shape (same indexes), committed every 50,000 rows;
+3. runs ``python -m consumers vehicle`` as in production and times it from
+   its first committed row until every event is committed, sampling its
+   metrics (commit latency) and its peak RSS;
+4. checks the result: history holds N rows, live status D rows.
+
+The last line of stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
+
+from bench._bench_env import (
+    BenchDatabase,
+    bench_services,
+    fresh_database,
+    histogram_quantile,
+    json_line,
+    metric_value,
+    peak_rss_mb,
+    say,
+    scrape,
+)
+from consumers.tables import VEHICLE_TABLE
+from deploy.local.services import ROOT
+from schemas import dlq_topic
+
+PARTITIONS = 12
+Row = tuple[str, datetime, float, float, float]
+
+
+def generate(events: int, devices: int, seed: int = 7) -> tuple[list[Row], list[bytes]]:
+    """Heartbeats minute by minute, every device each minute, ending a minute ago.
+
+    Returns the rows (for the COPY baseline) and the JSON values (for Kafka),
+    in the same order.
+    """
+    rng = random.Random(seed)
+    minutes = -(-events // devices)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 1)
+    soc = [rng.uniform(10, 60) for _ in range(devices)]
+    rows: list[Row] = []
+    values: list[bytes] = []
+    for minute in range(minutes):
+        ts = start + timedelta(minutes=minute)
+        stamp = ts.isoformat().replace("+00:00", "Z")
+        for device in range(devices):
+            if len(rows) == events:
+                break
+            charging = (minute + device) % 180 < 90
+            kwh = round(rng.uniform(0.1, 0.35), 4) if charging else 0.0
+            soc[device] = min(100.0, soc[device] + kwh * 1.5) if charging else soc[device]
+            temp = round(25 + (10 if charging else 0) + rng.uniform(-2, 2), 2)
+            vehicle_id = f"V{device:05d}"
+            rows.append((vehicle_id, ts, round(soc[device], 2), kwh, temp))
+            values.append(
+                orjson.dumps(
+                    {
+                        "vehicleId": vehicle_id,
+                        "soc": round(soc[device], 2),
+                        "kwhDeliveredDc": kwh,
+                        "batteryTemp": temp,
+                        "timestamp": stamp,
+                    }
+                )
+            )
+    return rows, values
+
+
+async def fill_topic(bootstrap: str, topic: str, rows: list[Row], values: list[bytes]) -> float:
+    """Produce every value keyed by device id, in per-partition batches; returns seconds."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1),
+                NewTopic(dlq_topic(topic), num_partitions=3, replication_factor=1),
+            ]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=1 << 20
+    )
+    await producer.start()
+    started = time.perf_counter()
+    partitioner = DefaultPartitioner()
+    all_parts = list(range(PARTITIONS))
+    try:
+        batches: dict[int, Any] = {}
+        pending = []
+        for i, (row, value) in enumerate(zip(rows, values, strict=True)):
+            key = row[0].encode()
+            part = partitioner(key, all_parts, all_parts)
+            batch = batches.get(part)
+            if batch is None:
+                batch = batches[part] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                pending.append(await producer.send_batch(batch, topic, partition=part))
+                batch = batches[part] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            if i and i % 200_000 == 0:
+                say(f"  produced {i:,} events")
+            if len(pending) > 64:
+                await asyncio.gather(*pending)
+                pending.clear()
+        for part, batch in batches.items():
+            batch.close()
+            pending.append(await producer.send_batch(batch, topic, partition=part))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+def copy_baseline(database: BenchDatabase, rows: list[Row], chunk: int = 50_000) -> float:
+    """Rows per second of a plain binary COPY into a table shaped like history."""
+    with psycopg.connect(database.writer_url) as conn:
+        conn.execute("CREATE TABLE copy_baseline (LIKE vehicle_readings_history INCLUDING ALL)")
+        conn.commit()
+        started = time.perf_counter()
+        for offset in range(0, len(rows), chunk):
+            with (
+                conn.cursor() as cur,
+                cur.copy(VEHICLE_TABLE.copy_history("copy_baseline")) as copy,
+            ):
+                copy.set_types(VEHICLE_TABLE.copy_types)
+                for row in rows[offset : offset + chunk]:
+                    copy.write_row(row)
+            conn.commit()
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP TABLE copy_baseline")
+        conn.commit()
+    return len(rows) / elapsed
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_consumer(
+    database: BenchDatabase, topic: str, events: int, timeout_s: float
+) -> dict[str, Any]:
+    """Drain ``topic`` with a real worker process; the figures of the run."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        CONSUMER_KAFKA_BOOTSTRAP_SERVERS=database.services.kafka_bootstrap,
+        CONSUMER_DATABASE_URL=database.writer_url,
+        CONSUMER_VEHICLE_TOPIC=topic,
+        CONSUMER_GROUP_ID_PREFIX=database.name,
+        CONSUMER_METRICS_PORT=str(port),
+        CONSUMER_LOG_LEVEL="WARNING",
+    )
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    launched = time.perf_counter()
+    # BENCH_PROFILE=<file> runs the worker under cProfile (stats written at its clean exit).
+    profile = os.environ.get("BENCH_PROFILE")
+    profiler = ["-m", "cProfile", "-o", profile] if profile else []
+    proc = subprocess.Popen(
+        [sys.executable, *profiler, "-m", "consumers", "vehicle"], cwd=ROOT, env=env
+    )
+    first_write: float | None = None
+    written = 0.0
+    text = ""
+    last_report = 0.0
+    try:
+        while time.perf_counter() - launched < timeout_s:
+            time.sleep(0.25)
+            if proc.poll() is not None:
+                raise RuntimeError(f"consumer exited with {proc.returncode}")
+            try:
+                text = scrape(metrics_url)
+            except OSError:
+                continue
+            written = metric_value(text, "energy_consumer_events_consumed_total")
+            if written and first_write is None:
+                first_write = time.perf_counter()
+            now = time.perf_counter()
+            if now - last_report >= 2 and first_write is not None and now > first_write + 1:
+                rate = written / max(now - first_write, 1e-9)
+                say(f"  consumed {written:,.0f}/{events:,} ({rate:,.0f} events/s)")
+                last_report = now
+            if written >= events:
+                break
+        done = time.perf_counter()
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    if written < events or first_write is None:
+        raise RuntimeError(f"consumer did not finish in {timeout_s} s ({written:,.0f}/{events:,})")
+    # The first sample already contains one batch: count the run from launch
+    # for the honest figure, and from the first sample for the steady rate.
+    p50 = histogram_quantile(text, "energy_consumer_batch_commit_seconds", 0.5)
+    p99 = histogram_quantile(text, "energy_consumer_batch_commit_seconds", 0.99)
+    return {
+        "elapsed_s": round(done - launched, 2),
+        "events_per_s": round(events / (done - launched)),
+        "steady_events_per_s": round(events / max(done - first_write, 1e-9)),
+        "commit_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+        "commit_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        "batches": int(metric_value(text, "energy_consumer_batch_size_count")),
+        "consumer_rss_mb": round(rss, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print progress to stderr and the JSON result last on stdout."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for the drain")
+    args = parser.parse_args(argv)
+
+    say(f"generating {args.events:,} heartbeats from {args.devices:,} vehicles")
+    rows, values = generate(args.events, args.devices)
+    with bench_services() as services, fresh_database(services, "bench_consumer") as database:
+        topic = f"bench.{database.name}.telemetry.vehicle.v1"
+        say(f"filling {topic} ({PARTITIONS} partitions)")
+        fill_s = asyncio.run(fill_topic(services.kafka_bootstrap, topic, rows, values))
+        say(f"  filled in {fill_s:.1f} s ({len(values) / fill_s:,.0f} events/s)")
+        del values
+
+        say("baseline: plain binary COPY of the same rows")
+        copy_rate = copy_baseline(database, rows)
+        say(f"  {copy_rate:,.0f} rows/s")
+
+        say("consumer: draining the topic into history and live status")
+        run = run_consumer(database, topic, args.events, args.timeout)
+        with psycopg.connect(database.writer_url) as conn:
+            history = conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone()
+            live = conn.execute("SELECT count(*) FROM vehicle_live_status").fetchone()
+        history_rows = history[0] if history else 0
+        live_rows = live[0] if live else 0
+        say(f"  history rows {history_rows:,}, live rows {live_rows:,}")
+        exact = history_rows == args.events and live_rows == min(args.devices, args.events)
+
+    result = {
+        "events": args.events,
+        "devices": args.devices,
+        **run,
+        "copy_rows_per_s": round(copy_rate),
+        "ratio": round(run["events_per_s"] / copy_rate, 3),
+        "exact": exact,
+    }
+    print(json_line(result))
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

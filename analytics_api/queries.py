@@ -1,8 +1,9 @@
 """The read queries of the analytics API, and the shapes they return.
 
-Every query is keyed by device id and bounded in time, so it walks the
-history tables' primary-key index ``(device id, recorded_at)`` and never
-scans them whole.
+Per-device queries are keyed by device id and bounded in time: they read
+whole hours from the hourly rollups and only the partial hours at the edges
+from history, through its primary-key index, so they never scan it. The fleet
+view reads rollups only (plus history for links that change inside an hour).
 """
 
 from __future__ import annotations
@@ -20,23 +21,17 @@ from analytics_api.errors import DatabaseUnavailable
 
 # One round trip: whether the vehicle is known, its DC and temperature, and the
 # AC of each meter linked to it, each meter counted only inside its link's
-# validity clipped to the window [from, to).
+# validity clipped to the window [from, to). The energy_*_totals functions
+# (sql/0005) read whole hours from the rollups and the edges from history.
 PERFORMANCE_SQL = """
-WITH dc AS (
-    SELECT count(*) AS readings,
-           coalesce(sum(kwh_delivered_dc), 0) AS total,
-           avg(battery_temp) AS avg_temp
-    FROM vehicle_readings_history
-    WHERE vehicle_id = %(vehicle_id)s AND recorded_at >= %(from)s AND recorded_at < %(to)s
-), ac AS (
-    SELECT l.meter_id,
-           count(h.recorded_at) AS readings,
-           coalesce(sum(h.kwh_consumed_ac), 0) AS total
+WITH ac AS (
+    SELECT l.meter_id, sum(t.readings) AS readings, sum(t.kwh) AS total
     FROM vehicle_meter_links l
-    LEFT JOIN meter_readings_history h
-           ON h.meter_id = l.meter_id
-          AND h.recorded_at >= greatest(l.valid_from, %(from)s)
-          AND h.recorded_at < least(coalesce(l.valid_to, 'infinity'), %(to)s)
+    CROSS JOIN LATERAL energy_meter_totals(
+        l.meter_id,
+        greatest(l.valid_from, %(from)s),
+        least(coalesce(l.valid_to, 'infinity'), %(to)s)
+    ) t
     WHERE l.vehicle_id = %(vehicle_id)s
       AND l.valid_from < %(to)s
       AND (l.valid_to IS NULL OR l.valid_to > %(from)s)
@@ -44,13 +39,118 @@ WITH dc AS (
 )
 SELECT (EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle_id)s)
         OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle_id)s)) AS known,
-       dc.readings AS dc_readings, dc.total AS total_dc, dc.avg_temp,
-       coalesce(array_agg(ac.meter_id ORDER BY ac.meter_id)
-                FILTER (WHERE ac.meter_id IS NOT NULL), '{}') AS meter_ids,
-       coalesce(sum(ac.readings), 0)::bigint AS ac_readings,
-       coalesce(sum(ac.total), 0) AS total_ac
-FROM dc LEFT JOIN ac ON true
-GROUP BY dc.readings, dc.total, dc.avg_temp
+       dc.readings AS dc_readings, dc.kwh AS total_dc,
+       dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
+       coalesce((SELECT array_agg(meter_id ORDER BY meter_id) FROM ac), '{}') AS meter_ids,
+       coalesce((SELECT sum(readings) FROM ac), 0)::bigint AS ac_readings,
+       coalesce((SELECT sum(total) FROM ac), 0) AS total_ac
+FROM energy_vehicle_totals(%(vehicle_id)s, %(from)s, %(to)s) dc
+"""
+
+# Every vehicle over whole hours [from, to): rollups only, plus history for the
+# few links that begin or end inside an hour. Vehicles are those with readings
+# or a link in the window.
+FLEET_SQL = """
+WITH dc AS (
+    SELECT vehicle_id, sum(readings) AS readings, sum(kwh_delivered_dc) AS total,
+           sum(battery_temp_sum) AS temp_sum
+    FROM vehicle_hourly_rollup
+    WHERE hour >= %(from)s AND hour < %(to)s
+    GROUP BY vehicle_id
+), spans AS (
+    SELECT vehicle_id, meter_id,
+           greatest(valid_from, %(from)s) AS lo,
+           least(coalesce(valid_to, 'infinity'), %(to)s) AS hi
+    FROM vehicle_meter_links
+    WHERE valid_from < %(to)s AND (valid_to IS NULL OR valid_to > %(from)s)
+), ac_parts AS (
+    -- Links spanning whole hours: a set-based join on the rollups.
+    SELECT s.vehicle_id, r.readings, r.kwh_consumed_ac AS kwh
+    FROM spans s
+    JOIN meter_hourly_rollup r ON r.meter_id = s.meter_id AND r.hour >= s.lo AND r.hour < s.hi
+    WHERE date_trunc('hour', s.lo, 'UTC') = s.lo AND date_trunc('hour', s.hi, 'UTC') = s.hi
+    UNION ALL
+    -- The few links that begin or end inside an hour: edges from history.
+    SELECT s.vehicle_id, t.readings, t.kwh
+    FROM spans s
+    CROSS JOIN LATERAL energy_meter_totals(s.meter_id, s.lo, s.hi) t
+    WHERE date_trunc('hour', s.lo, 'UTC') <> s.lo OR date_trunc('hour', s.hi, 'UTC') <> s.hi
+), ac AS (
+    SELECT vehicle_id, sum(readings) AS readings, sum(kwh) AS total
+    FROM ac_parts GROUP BY vehicle_id
+), meters AS (
+    SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids
+    FROM spans GROUP BY vehicle_id
+), summary AS (
+    SELECT v.vehicle_id,
+           coalesce(ac.total, 0) AS total_ac,
+           coalesce(dc.total, 0) AS total_dc,
+           coalesce(dc.total, 0) / nullif(ac.total, 0) AS efficiency,
+           dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
+           coalesce(m.meter_ids, '{}') AS meter_ids,
+           coalesce(dc.readings, 0)::bigint AS dc_readings,
+           coalesce(ac.readings, 0)::bigint AS ac_readings
+    FROM (SELECT vehicle_id FROM dc UNION SELECT vehicle_id FROM spans) v
+    LEFT JOIN dc ON dc.vehicle_id = v.vehicle_id
+    LEFT JOIN ac ON ac.vehicle_id = v.vehicle_id
+    LEFT JOIN meters m ON m.vehicle_id = v.vehicle_id
+)
+SELECT *, count(*) OVER () AS total_count
+FROM summary
+WHERE NOT %(low_only)s OR efficiency < %(threshold)s
+ORDER BY {order}
+LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+#: Sort keys of the fleet view (NULL efficiencies last either way).
+FLEET_ORDER = {
+    "efficiency": "efficiency ASC NULLS LAST, vehicle_id",
+    "-efficiency": "efficiency DESC NULLS LAST, vehicle_id",
+    "vehicleId": "vehicle_id",
+    "-vehicleId": "vehicle_id DESC",
+    "totalAc": "total_ac, vehicle_id",
+    "-totalAc": "total_ac DESC, vehicle_id",
+}
+
+#: The fleet query per sort key (the ORDER BY clauses are constants, never input).
+FLEET_QUERIES = {key: FLEET_SQL.replace("{order}", clause) for key, clause in FLEET_ORDER.items()}
+
+# One vehicle hour by hour over whole hours [from, to): DC from its rollups,
+# AC from its meters' rollups where a link covers the whole hour, else from
+# history inside the link.
+HOURLY_SQL = """
+WITH hours AS (
+    SELECT generate_series(%(from)s::timestamptz, %(to)s::timestamptz - interval '1 hour',
+                           interval '1 hour') AS hour
+), dc AS (
+    SELECT hour, readings, kwh_delivered_dc AS total, battery_temp_sum AS temp_sum
+    FROM vehicle_hourly_rollup
+    WHERE vehicle_id = %(vehicle_id)s AND hour >= %(from)s AND hour < %(to)s
+), ac AS (
+    SELECT h.hour, sum(t.readings) AS readings, sum(t.kwh) AS total
+    FROM hours h
+    JOIN vehicle_meter_links l
+      ON l.vehicle_id = %(vehicle_id)s
+     AND l.valid_from < h.hour + interval '1 hour'
+     AND (l.valid_to IS NULL OR l.valid_to > h.hour)
+    CROSS JOIN LATERAL energy_meter_totals(
+        l.meter_id,
+        greatest(l.valid_from, h.hour),
+        least(coalesce(l.valid_to, 'infinity'), h.hour + interval '1 hour')
+    ) t
+    GROUP BY h.hour
+)
+SELECT h.hour,
+       coalesce(ac.total, 0) AS total_ac,
+       coalesce(dc.total, 0) AS total_dc,
+       coalesce(dc.total, 0) / nullif(ac.total, 0) AS efficiency,
+       dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
+       coalesce(dc.readings, 0)::bigint AS dc_readings,
+       coalesce(ac.readings, 0)::bigint AS ac_readings
+FROM hours h
+LEFT JOIN dc ON dc.hour = h.hour
+LEFT JOIN ac ON ac.hour = h.hour
+ORDER BY h.hour
 """
 
 VEHICLE_LIVE_SQL = """
@@ -84,16 +184,55 @@ class Reader:
         self._pool = pool
         self._timeout_s = timeout_s
 
-    async def _fetchone(self, query: str, params: Any) -> dict[str, Any] | None:
+    async def _fetchall(self, query: str, params: Any) -> list[dict[str, Any]]:
         try:
             async with self._pool.connection(timeout=self._timeout_s) as conn:
                 cur = conn.cursor(row_factory=dict_row)
                 await cur.execute(query, params)
-                return await cur.fetchone()
+                return await cur.fetchall()
         except PoolTimeout as exc:
             raise DatabaseUnavailable("no database connection available in time") from exc
+        except psycopg.errors.QueryCanceled as exc:
+            raise DatabaseUnavailable("the query took longer than the statement timeout") from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+    async def _fetchone(self, query: str, params: Any) -> dict[str, Any] | None:
+        rows = await self._fetchall(query, params)
+        return rows[0] if rows else None
+
+    async def fleet(
+        self,
+        start: datetime,
+        end: datetime,
+        order: str,
+        low_only: bool,
+        threshold: float,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of every vehicle's summary over whole hours, and the number of vehicles.
+
+        ``order`` is a key of :data:`FLEET_ORDER`.
+        """
+        rows = await self._fetchall(
+            FLEET_QUERIES[order],
+            {
+                "from": start,
+                "to": end,
+                "low_only": low_only,
+                "threshold": threshold,
+                "limit": limit,
+                "offset": offset,
+            },
+        )
+        return (rows[0]["total_count"] if rows else 0), rows
+
+    async def hourly(self, vehicle_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """One row per hour of ``[start, end)`` (whole hours) for one vehicle."""
+        return await self._fetchall(
+            HOURLY_SQL, {"vehicle_id": vehicle_id, "from": start, "to": end}
+        )
 
     async def performance(self, vehicle_id: str, start: datetime, end: datetime) -> Performance:
         """Totals of ``vehicle_id`` over ``[start, end)``. Raises :class:`DatabaseUnavailable`."""

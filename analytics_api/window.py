@@ -47,3 +47,31 @@ def resolve_window(
             f"window longer than {days:g} days", [{"field": "from", "message": "window too long"}]
         )
     return frm, to
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def resolve_hour_window(
+    start: str | None,
+    end: str | None,
+    default: timedelta,
+    maximum: timedelta,
+    now: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """Like :func:`resolve_window`, widened to whole UTC hours (``from`` down, ``to`` up).
+
+    Views built on hourly rollups (the fleet, the hourly series) answer for
+    whole hours; the window they used is returned in the response.
+    """
+    frm, to = resolve_window(start, end, default, maximum, now)
+    to_hour = _floor_hour(to)
+    if to_hour < to:
+        to_hour += timedelta(hours=1)
+    frm_hour = _floor_hour(frm) if start is not None else to_hour - default
+    if to_hour - frm_hour > maximum + timedelta(hours=1):
+        raise InvalidQuery(
+            "window longer than allowed", [{"field": "from", "message": "window too long"}]
+        )
+    return frm_hour, to_hour

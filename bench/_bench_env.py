@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from consumers.migrate import apply_migrations
+from consumers.migrate import prepare_database
 from deploy.local.services import LocalStack, Services, session_services, with_database
 
 BENCH_STACK = LocalStack("bench", 59092, 59093, 55432)
@@ -68,7 +68,7 @@ def fresh_database(services: Services, prefix: str) -> Iterator[BenchDatabase]:
             admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
     database = BenchDatabase(services, name)
     try:
-        apply_migrations(database.writer_url)
+        prepare_database(database.writer_url)
         yield database
     finally:
         with psycopg.connect(services.admin_url, autocommit=True) as admin:

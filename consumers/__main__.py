@@ -18,9 +18,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
+from consumers import metrics
 from consumers.connection import WriterConnection
 from consumers.dlq import DeadLetterPublisher
-from consumers.migrate import apply_migrations
+from consumers.migrate import prepare_database
+from consumers.partitions import run_maintenance
 from consumers.settings import ConsumerSettings
 from consumers.worker import CommitBeforeRevoke, StreamWorker
 from schemas import Stream
@@ -44,11 +46,34 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
             )
             consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
             log.info("consuming %s as group %s", topic, group_id)
-            await worker.run()
+            maintenance = asyncio.create_task(_maintenance_loop(settings, stop))
+            try:
+                await worker.run()
+            finally:
+                maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintenance
     finally:
         await consumer.stop()
         await producer.stop()
     log.info("stopped cleanly")
+
+
+async def _maintenance_loop(settings: ConsumerSettings, stop: asyncio.Event) -> None:
+    """Partition maintenance now and every ``maintenance_interval_s``; failures never stop writes."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(
+                run_maintenance,
+                settings.database_url.get_secret_value(),
+                settings.retention_days,
+                settings.partitions_ahead_days,
+            )
+        except Exception:
+            metrics.MAINTENANCE_FAILURES.inc()
+            log.exception("partition maintenance failed; will try again")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.maintenance_interval_s)
 
 
 def _kafka_clients(
@@ -119,7 +144,7 @@ async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``energy-consumer`` / ``python -m consumers``."""
     parser = argparse.ArgumentParser(prog="python -m consumers", description=__doc__)
-    parser.add_argument("command", choices=[*(s.value for s in Stream), "migrate"])
+    parser.add_argument("command", choices=[*(s.value for s in Stream), "migrate", "maintain"])
     args = parser.parse_args(argv)
     settings = ConsumerSettings()
     logging.basicConfig(
@@ -130,8 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         # yoyo logs every step at INFO; the summary line below is what operators need.
         logging.getLogger("yoyo").setLevel(logging.WARNING)
-        applied = apply_migrations(settings.database_url.get_secret_value())
+        applied = prepare_database(
+            settings.database_url.get_secret_value(),
+            settings.retention_days,
+            settings.partitions_ahead_days,
+        )
         print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+        return 0
+    if args.command == "maintain":
+        report = run_maintenance(
+            settings.database_url.get_secret_value(),
+            settings.retention_days,
+            settings.partitions_ahead_days,
+        )
+        print(
+            f"partitions created {len(report.created)}, dropped {len(report.dropped)}, "
+            f"rollup rows deleted {report.rollups_deleted}"
+            + (" (skipped: another worker holds the lock)" if report.skipped else "")
+        )
         return 0
     stream = Stream(args.command)
     server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)

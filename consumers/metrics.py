@@ -63,3 +63,7 @@ CONSUMER_LAG = Gauge(
     "High watermark minus committed position, per partition.",
     ["stream", "partition"],
 )
+MAINTENANCE_FAILURES = Counter(
+    "energy_consumer_maintenance_failures_total",
+    "Partition maintenance runs that failed (they are retried at the next interval).",
+)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from yoyo import get_backend, read_migrations
 
+from consumers.partitions import run_maintenance
+
 log = logging.getLogger(__name__)
 
 #: Migrations ship inside the repository (and the container image) next to the packages.
@@ -43,4 +45,16 @@ def apply_migrations(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     applied = [m.id for m in pending]
     for migration_id in applied:
         log.info("applied migration %s", migration_id)
+    return applied
+
+
+def prepare_database(
+    database_url: str, retention_days: int = 90, partitions_ahead_days: int = 7
+) -> list[str]:
+    """Apply pending migrations, then create the history partitions writes need now.
+
+    What ``python -m consumers migrate`` does; returns the migrations applied.
+    """
+    applied = apply_migrations(database_url)
+    run_maintenance(database_url, retention_days, partitions_ahead_days)
     return applied

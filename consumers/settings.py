@@ -34,6 +34,13 @@ class ConsumerSettings(BaseSettings):
 
     max_future_s: float = Field(default=DEFAULT_LIMITS.max_future.total_seconds(), ge=0)
     max_kwh_per_reading: float = Field(default=DEFAULT_LIMITS.max_kwh_per_reading, gt=0)
+    #: Days of history kept; older readings are refused.
+    retention_days: int = Field(default=DEFAULT_LIMITS.retention.days, ge=1, le=3650)
+
+    #: Daily history partitions are created this many days ahead.
+    partitions_ahead_days: int = Field(default=7, ge=1, le=366)
+    #: How often each worker runs partition maintenance (one at a time).
+    maintenance_interval_s: float = Field(default=3600, ge=10)
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
@@ -50,4 +57,5 @@ class ConsumerSettings(BaseSettings):
         return ValidationLimits(
             max_future=timedelta(seconds=self.max_future_s),
             max_kwh_per_reading=self.max_kwh_per_reading,
+            retention=timedelta(days=self.retention_days),
         )

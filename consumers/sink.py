@@ -8,7 +8,9 @@ Each ``write`` is ONE transaction. Inside it:
    a staging table with ``ON CONFLICT DO NOTHING`` (the duplicate-tolerant path);
 3. a row the database refuses as invalid is isolated by bisection inside
    savepoints and reported as rejected, while the rest of the batch is written;
-4. live status is upserted from the newest reading per device.
+4. the hourly rollups get the counts and sums of the rows actually inserted
+   (a replayed row was not inserted, so it is never counted twice);
+5. live status is upserted from the newest reading per device.
 
 Transient failures (connection lost, server restarting, serialization or
 deadlock, statement timeout) raise :class:`SinkUnavailable`: nothing was
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import psycopg
@@ -78,6 +81,7 @@ class ReadingSink:
         self._create_staging = table.create_staging()
         self._merge = table.merge_staging()
         self._upsert = table.upsert_live()
+        self._rollup = table.upsert_rollup()
 
     async def write(self, conn: AsyncConnection, rows: Sequence[Row]) -> WriteResult:
         """Store ``rows`` in one transaction; see the module docstring for the order.
@@ -90,24 +94,25 @@ class ReadingSink:
             unique, duplicates = _first_occurrences(rows)
             inserted, rejected = await self._insert(conn, [rows[i] for i in unique], unique)
             refused = {r.index for r in rejected}
+            await self._add_to_rollup(conn, inserted)
             await self._upsert_live(conn, [rows[i] for i in unique if i not in refused])
-            return WriteResult(
-                inserted, duplicates + len(unique) - inserted - len(refused), rejected
-            )
+            duplicates += len(unique) - len(inserted) - len(refused)
+            return WriteResult(len(inserted), duplicates, rejected)
 
         return await in_transaction(conn, work)
 
     async def _insert(
         self, conn: AsyncConnection, rows: list[Row], indexes: list[int]
-    ) -> tuple[int, list[Rejected]]:
+    ) -> tuple[list[Row], list[Rejected]]:
+        """The rows really inserted, and those the database refused."""
         if not rows:
-            return 0, []
+            return [], []
         try:
             async with conn.transaction():
                 return await self._copy_or_merge(conn, rows), []
         except _INVALID_ROW_ERRORS as exc:
             if len(rows) == 1:
-                return 0, [Rejected(indexes[0], "database", _describe(exc))]
+                return [], [Rejected(indexes[0], "database", _describe(exc))]
             # Bisect: each half in its own savepoint, so one bad row costs
             # log2(batch) retries instead of the whole batch.
             mid = len(rows) // 2
@@ -115,22 +120,31 @@ class ReadingSink:
             right, right_rej = await self._insert(conn, rows[mid:], indexes[mid:])
             return left + right, left_rej + right_rej
 
-    async def _copy_or_merge(self, conn: AsyncConnection, rows: list[Row]) -> int:
+    async def _copy_or_merge(self, conn: AsyncConnection, rows: list[Row]) -> list[Row]:
         try:
             async with conn.transaction():
                 await self._copy_rows(conn, self._copy, rows)
         except errors.UniqueViolation:
             pass
         else:
-            return len(rows)
+            return rows
         # Some rows are stored already (a replay or a device retry): stage
         # everything and keep only what is new.
         await conn.execute(self._create_staging)
         await self._copy_rows(conn, self._copy_staging, rows)
         cur = await conn.execute(self._merge)
-        inserted = cur.rowcount
+        inserted: list[Row] = await cur.fetchall()
         await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table.staging)))
         return inserted
+
+    async def _add_to_rollup(self, conn: AsyncConnection, inserted: list[Row]) -> None:
+        deltas = hourly_deltas(inserted, self.table.rollup_sums)
+        if not deltas:
+            return
+        # Sorted by key, so concurrent writers lock rollup rows in one order.
+        deltas.sort(key=lambda row: (row[0], row[1]))
+        columns = [list(col) for col in zip(*deltas, strict=True)]
+        await conn.execute(self._rollup, columns)
 
     async def _copy_rows(
         self, conn: AsyncConnection, statement: sql.Composed, rows: list[Row]
@@ -148,6 +162,25 @@ class ReadingSink:
         newest.sort(key=lambda row: row[0])
         columns = [list(col) for col in zip(*newest, strict=True)]
         await conn.execute(self._upsert, columns)
+
+
+def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> list[Row]:
+    """Per (device, UTC hour): the hour, the number of rows, and each summed value."""
+    acc: dict[tuple[str, int], list[float]] = {}
+    indexes = [index for _, index in sums]
+    for row in rows:
+        key = (row[0], int(row[1].timestamp()) // 3600)
+        slot = acc.get(key)
+        if slot is None:
+            acc[key] = [1, *(row[i] for i in indexes)]
+        else:
+            slot[0] += 1
+            for n, i in enumerate(indexes, start=1):
+                slot[n] += row[i]
+    return [
+        (device, datetime.fromtimestamp(hour * 3600, UTC), int(slot[0]), *slot[1:])
+        for (device, hour), slot in acc.items()
+    ]
 
 
 def coalesce_latest(rows: Sequence[Row]) -> list[Row]:

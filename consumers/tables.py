@@ -31,6 +31,9 @@ class ReadingTable:
     values: tuple[str, ...]
     pg_types: tuple[str, ...]
     to_row: Callable[[Reading], Row]
+    rollup: str
+    #: Rollup sum columns and the index, in a history row, of the value each sums.
+    rollup_sums: tuple[tuple[str, int], ...]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -59,9 +62,29 @@ class ReadingTable:
         """Move staged rows into history, dropping those already there (first write wins)."""
         cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
         return sql.SQL(
-            "INSERT INTO {history} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING"
+            "INSERT INTO {history} ({cols}) SELECT {cols} FROM {staging} "
+            "ON CONFLICT DO NOTHING RETURNING {cols}"
         ).format(
             history=sql.Identifier(self.history), cols=cols, staging=sql.Identifier(self.staging)
+        )
+
+    def upsert_rollup(self) -> sql.Composed:
+        """Add per-hour counts and sums (from parallel arrays) to the hourly rollup."""
+        sums = [name for name, _ in self.rollup_sums]
+        cols = [self.key, "hour", "readings", *sums]
+        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums))]
+        return sql.SQL(
+            "INSERT INTO {rollup} AS r ({cols}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT ({key}, hour) DO UPDATE SET {adds}"
+        ).format(
+            rollup=sql.Identifier(self.rollup),
+            cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in arrays),
+            key=sql.Identifier(self.key),
+            adds=sql.SQL(", ").join(
+                sql.SQL("{c} = r.{c} + EXCLUDED.{c}").format(c=sql.Identifier(c))
+                for c in ("readings", *sums)
+            ),
         )
 
     def upsert_live(self) -> sql.Composed:
@@ -122,6 +145,8 @@ METER_TABLE = ReadingTable(
     values=("kwh_consumed_ac", "voltage"),
     pg_types=("float8", "float8"),
     to_row=_meter_row,
+    rollup="meter_hourly_rollup",
+    rollup_sums=(("kwh_consumed_ac", 2),),
 )
 
 VEHICLE_TABLE = ReadingTable(
@@ -132,6 +157,8 @@ VEHICLE_TABLE = ReadingTable(
     values=("soc", "kwh_delivered_dc", "battery_temp"),
     pg_types=("float8", "float8", "float8"),
     to_row=_vehicle_row,
+    rollup="vehicle_hourly_rollup",
+    rollup_sums=(("kwh_delivered_dc", 3), ("battery_temp_sum", 4)),
 )
 
 READING_TABLES = {Stream.METER: METER_TABLE, Stream.VEHICLE: VEHICLE_TABLE}

@@ -122,7 +122,8 @@ def decode_event(
     # precise reason (bad JSON, wrong stream, each failing field); the slow
     # path decides, so both always agree with what the gateway accepts.
     try:
-        return _MODEL_OF_STREAM[stream].model_validate_json(raw, context=limits)
+        text = raw if isinstance(raw, str | bytes | bytearray) else bytes(raw)
+        return _MODEL_OF_STREAM[stream].model_validate_json(text, context=limits)
     except ValidationError:
         pass
     obj = parse_json(raw)

@@ -45,10 +45,13 @@ def _limits(info: ValidationInfo) -> ValidationLimits:
     return context if isinstance(context, ValidationLimits) else DEFAULT_LIMITS
 
 
-def _check_not_future(value: datetime, info: ValidationInfo) -> datetime:
+def _check_recent(value: datetime, info: ValidationInfo) -> datetime:
     limits = _limits(info)
-    if value - (limits.now or datetime.now(UTC)) > limits.max_future:
+    now = limits.now or datetime.now(UTC)
+    if value - now > limits.max_future:
         raise ValueError(f"is more than {int(limits.max_future.total_seconds())} s in the future")
+    if now - value > limits.retention:
+        raise ValueError(f"is older than the history's retention of {limits.retention.days} days")
     return value
 
 
@@ -64,8 +67,9 @@ def _check_energy(value: float, info: ValidationInfo) -> float:
 # validated from their JSON bytes (see schemas.decode).
 _IsoTime = Annotated[AwareDatetime, Field(strict=True)]
 
-#: A reading's device time: ISO 8601 with an offset or Z, not too far in the future.
-Timestamp = Annotated[_IsoTime, AfterValidator(_check_not_future)]
+#: A reading's device time: ISO 8601 with an offset or Z, not too far in the
+#: future, not older than the retention.
+Timestamp = Annotated[_IsoTime, AfterValidator(_check_recent)]
 #: A link boundary: ISO 8601 with an offset or Z; may lie in the future (planned links).
 LinkTime = _IsoTime
 #: Energy of one one-minute interval, kWh.

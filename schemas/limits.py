@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 #: fast charger delivers about 5.8 kWh in a minute.
 DEFAULT_MAX_KWH_PER_READING = 10.0
 DEFAULT_MAX_FUTURE = timedelta(minutes=5)
+#: History keeps this much; older readings have no partition to land in.
+DEFAULT_RETENTION = timedelta(days=90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,8 @@ class ValidationLimits:
 
     max_future: timedelta = DEFAULT_MAX_FUTURE
     max_kwh_per_reading: float = DEFAULT_MAX_KWH_PER_READING
+    #: Readings older than this are refused (they are past the history's retention).
+    retention: timedelta = DEFAULT_RETENTION
     now: datetime | None = None
 
 

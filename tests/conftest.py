@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from consumers.migrate import apply_migrations
+from consumers.migrate import prepare_database
 from deploy.local.services import ROOT, Services, session_services, with_database
 from schemas import TopicNames, dlq_topic
 from tests.kafka_tools import create_topics, delete_topics
@@ -67,7 +67,7 @@ def template_db(services: Services) -> str:
     with _admin(services) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}" OWNER "{_role(services.writer_url)}"')
-    apply_migrations(with_database(services.writer_url, TEMPLATE_DB))
+    prepare_database(with_database(services.writer_url, TEMPLATE_DB))
     return TEMPLATE_DB
 
 

@@ -51,7 +51,13 @@ def _events(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, An
             kwh = rng.randrange(0, 64) / 64
             soc = round(20 + minute * 0.3, 1)
             value = orjson.dumps(
-                {"vehicleId": vid, "soc": soc, "kwhDeliveredDc": kwh, "batteryTemp": 30, "timestamp": stamp}
+                {
+                    "vehicleId": vid,
+                    "soc": soc,
+                    "kwhDeliveredDc": kwh,
+                    "batteryTemp": 30,
+                    "timestamp": stamp,
+                }
             )
             records.append((vid.encode(), value))
             truth["count"][vid] += 1
@@ -67,12 +73,24 @@ def _events(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, An
             value = b'{"vehicleId": "CV0001", "soc": ' + str(i).encode()  # truncated JSON
         elif kind == 1:
             value = orjson.dumps(
-                {"vehicleId": f"CV{i:04d}", "soc": 150, "kwhDeliveredDc": 1, "batteryTemp": 30,
-                 "timestamp": "2026-01-01T00:00:00Z", "n": i}
+                {
+                    "vehicleId": f"CV{i:04d}",
+                    "soc": 150,
+                    "kwhDeliveredDc": 1,
+                    "batteryTemp": 30,
+                    "timestamp": "2026-01-01T00:00:00Z",
+                    "n": i,
+                }
             )
         else:
-            value = orjson.dumps({"meterId": f"M{i}", "kwhConsumedAc": 1, "voltage": 230,
-                                  "timestamp": "2026-01-01T00:00:00Z"})
+            value = orjson.dumps(
+                {
+                    "meterId": f"M{i}",
+                    "kwhConsumedAc": 1,
+                    "voltage": 230,
+                    "timestamp": "2026-01-01T00:00:00Z",
+                }
+            )
         poison.append(value)
         records.insert(rng.randrange(len(records)), (f"CV{i:04d}".encode(), value))
     truth["poison"] = poison
@@ -178,5 +196,7 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
         vid: (truth["count"][vid], truth["sum"][vid]) for vid in truth["count"]
     }
     live = env.query("SELECT vehicle_id, recorded_at, soc FROM vehicle_live_status")
-    assert {vid: (ts.isoformat().replace("+00:00", "Z"), soc) for vid, ts, soc in live} == truth["newest"]
+    assert {vid: (ts.isoformat().replace("+00:00", "Z"), soc) for vid, ts, soc in live} == truth[
+        "newest"
+    ]
     assert Counter(r.value for r in dead) == Counter(truth["poison"])

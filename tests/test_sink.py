@@ -13,7 +13,7 @@ from consumers.tables import METER_TABLE, VEHICLE_TABLE
 from schemas import VehicleMeterLink
 from tests.conftest import ModuleEnv
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 
 def _minute(n: int) -> datetime:

@@ -1,0 +1,49 @@
+"""Tables as CSV when the client asks for ``Accept: text/csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+CSV_TYPE = "text/csv"
+
+
+def wants_csv(request: Request) -> bool:
+    """Whether the client prefers CSV to JSON."""
+    accept = request.headers.get("accept", "")
+    return CSV_TYPE in accept and "application/json" not in accept.split(CSV_TYPE)[0]
+
+
+def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filename: str) -> Response:
+    """``rows`` (dicts keyed by ``columns``) as a CSV download; times in ISO 8601."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with ``Z``, as every response writes times."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return value

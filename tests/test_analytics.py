@@ -1,0 +1,284 @@
+"""Rollup-based analytics equal brute-force sums over history; partitions are maintained.
+
+Rows go in through the consumers' own sink (replays, duplicates and late
+readings included). Energy values are multiples of 1/64 and temperatures
+whole numbers, so every sum is exact whatever the order of addition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg import AsyncConnection
+
+from consumers.partitions import maintain
+from consumers.sink import LinkSink, ReadingSink
+from consumers.tables import METER_TABLE, VEHICLE_TABLE
+from schemas import VehicleMeterLink
+from tests.conftest import ModuleEnv
+
+HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+MINUTES = 28 * 60  # readings from HOUR0 for 28 hours
+
+
+def at(minute: float) -> datetime:
+    return HOUR0 + timedelta(minutes=minute)
+
+
+def _write(env: ModuleEnv, sink: Any, batches: list[list[Any]]) -> None:
+    async def run() -> None:
+        async with await AsyncConnection.connect(env.writer_url) as conn:
+            for batch in batches:
+                await sink.write(conn, batch)
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def fleet_data(env: ModuleEnv) -> dict[str, Any]:
+    """Three vehicles, four meters, a mid-hour re-link, and hostile replays."""
+    rng = random.Random(6)
+    vehicles = ["AV1", "AV2", "AV3"]
+    meters = ["AM1", "AM2", "AM3", "AM4"]
+    vrows = [
+        (v, at(m), 50.0, rng.randrange(0, 64) / 64, float(rng.randrange(10, 40)))
+        for m in range(MINUTES)
+        for v in vehicles
+    ]
+    mrows = [(mt, at(m), rng.randrange(0, 64) / 64, 230.0) for m in range(MINUTES) for mt in meters]
+    rng.shuffle(vrows)  # late and out-of-order arrivals
+    batches_v = [vrows[i : i + 997] for i in range(0, len(vrows), 997)]
+    batches_m = [mrows[i : i + 1500] for i in range(0, len(mrows), 1500)]
+    # Replays of whole batches and a batch of duplicates with other values.
+    batches_v += [*batches_v[3:6], [(r[0], r[1], 1.0, 9.0, 99.0) for r in vrows[:500]]]
+    batches_m += [*batches_m[:2], [(r[0], r[1], 9.0, 231.0) for r in mrows[100:900]]]
+    _write(env, ReadingSink(VEHICLE_TABLE), batches_v)
+    _write(env, ReadingSink(METER_TABLE), batches_m)
+    links = [
+        VehicleMeterLink(vehicle_id="AV1", meter_id="AM1", valid_from=at(-60)),
+        VehicleMeterLink(vehicle_id="AV2", meter_id="AM2", valid_from=at(-60)),
+        # AV2 moves to AM3 in the middle of an hour.
+        VehicleMeterLink(vehicle_id="AV2", meter_id="AM3", valid_from=at(10 * 60 + 17)),
+        VehicleMeterLink(vehicle_id="AV3", meter_id="AM4", valid_from=at(-60)),
+    ]
+    _write(env, LinkSink(), [links])
+    return {"vehicles": vehicles, "meters": meters}
+
+
+def brute(
+    env: ModuleEnv, table: str, key: str, device: str, t0: datetime, t1: datetime, cols: str
+) -> tuple[Any, ...]:
+    return env.query(
+        f"SELECT count(*), {cols} FROM {table} WHERE {key} = %s"  # noqa: S608 -- test constants
+        " AND recorded_at >= %s AND recorded_at < %s",
+        (device, t0, t1),
+    )[0]
+
+
+def random_window(rng: random.Random) -> tuple[datetime, datetime]:
+    a = rng.uniform(-90, MINUTES + 90)
+    b = a + rng.choice([rng.uniform(0.1, 59), rng.uniform(60, 600), rng.uniform(600, 2000)])
+    return at(a), at(b)
+
+
+def test_rollups_equal_history_grouped_by_hour(env: ModuleEnv, fleet_data: dict[str, Any]) -> None:
+    assert env.query(
+        "SELECT vehicle_id, hour, readings, kwh_delivered_dc, battery_temp_sum"
+        " FROM vehicle_hourly_rollup ORDER BY 1, 2"
+    ) == env.query(
+        "SELECT vehicle_id, date_trunc('hour', recorded_at, 'UTC'), count(*)::int,"
+        " sum(kwh_delivered_dc), sum(battery_temp) FROM vehicle_readings_history"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    assert env.query(
+        "SELECT meter_id, hour, readings, kwh_consumed_ac FROM meter_hourly_rollup ORDER BY 1, 2"
+    ) == env.query(
+        "SELECT meter_id, date_trunc('hour', recorded_at, 'UTC'), count(*)::int,"
+        " sum(kwh_consumed_ac) FROM meter_readings_history GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    assert env.query("SELECT count(*) FROM vehicle_readings_history") == [(3 * MINUTES,)]
+
+
+def test_totals_functions_equal_brute_force_for_random_windows(
+    env: ModuleEnv, fleet_data: dict[str, Any]
+) -> None:
+    rng = random.Random(66)
+    for _ in range(60):
+        t0, t1 = random_window(rng)
+        vehicle = rng.choice(fleet_data["vehicles"])
+        meter = rng.choice(fleet_data["meters"])
+        fast_v = env.query("SELECT * FROM energy_vehicle_totals(%s, %s, %s)", (vehicle, t0, t1))[0]
+        slow_v = brute(
+            env,
+            "vehicle_readings_history",
+            "vehicle_id",
+            vehicle,
+            t0,
+            t1,
+            "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
+        )
+        assert fast_v == slow_v, (vehicle, t0, t1)
+        fast_m = env.query("SELECT * FROM energy_meter_totals(%s, %s, %s)", (meter, t0, t1))[0]
+        slow_m = brute(
+            env,
+            "meter_readings_history",
+            "meter_id",
+            meter,
+            t0,
+            t1,
+            "coalesce(sum(kwh_consumed_ac), 0)",
+        )
+        assert fast_m == slow_m, (meter, t0, t1)
+
+
+def _expected_ac(env: ModuleEnv, vehicle: str, t0: datetime, t1: datetime) -> float:
+    links = env.query(
+        "SELECT meter_id, valid_from, valid_to FROM vehicle_meter_links WHERE vehicle_id = %s",
+        (vehicle,),
+    )
+    total = 0.0
+    for meter, start, end in links:
+        lo, hi = max(start, t0), min(end or t1, t1)
+        if lo < hi:
+            total += brute(
+                env,
+                "meter_readings_history",
+                "meter_id",
+                meter,
+                lo,
+                hi,
+                "coalesce(sum(kwh_consumed_ac), 0)",
+            )[1]
+    return total
+
+
+def test_performance_api_equals_brute_force(
+    env: ModuleEnv, analytics: TestClient, fleet_data: dict[str, Any]
+) -> None:
+    rng = random.Random(666)
+    for _ in range(25):
+        t0, t1 = random_window(rng)
+        vehicle = rng.choice(fleet_data["vehicles"])
+        params = {"from": t0.isoformat(), "to": t1.isoformat()}
+        got = analytics.get(f"/v1/analytics/performance/{vehicle}", params=params).json()
+        n, dc, temp = brute(
+            env,
+            "vehicle_readings_history",
+            "vehicle_id",
+            vehicle,
+            t0,
+            t1,
+            "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
+        )
+        assert (got["vehicleReadings"], got["totalDc"]) == (n, dc)
+        assert got["avgBatteryTemp"] == (temp / n if n else None)
+        assert got["totalAc"] == _expected_ac(env, vehicle, t0, t1)
+
+
+def test_fleet_view_sorted_filtered_paginated_and_csv(
+    env: ModuleEnv, analytics: TestClient, fleet_data: dict[str, Any]
+) -> None:
+    params = {"from": at(0).isoformat(), "to": at(MINUTES).isoformat()}
+    page = analytics.get("/v1/analytics/fleet", params=params).json()
+    assert (page["from"], page["to"], page["total"]) == (
+        at(0).isoformat().replace("+00:00", "Z"),
+        at(MINUTES).isoformat().replace("+00:00", "Z"),
+        3,
+    )
+    by_id = {item["vehicleId"]: item for item in page["items"]}
+    for vehicle in fleet_data["vehicles"]:
+        expected_ac = _expected_ac(env, vehicle, at(0), at(MINUTES))
+        n, dc = brute(
+            env,
+            "vehicle_readings_history",
+            "vehicle_id",
+            vehicle,
+            at(0),
+            at(MINUTES),
+            "sum(kwh_delivered_dc)",
+        )
+        assert (by_id[vehicle]["totalAc"], by_id[vehicle]["totalDc"]) == (expected_ac, dc)
+        assert by_id[vehicle]["vehicleReadings"] == n
+    efficiencies = [item["efficiency"] for item in page["items"]]
+    assert efficiencies == sorted(efficiencies)
+    assert by_id["AV2"]["meterIds"] == ["AM2", "AM3"]
+
+    second = analytics.get("/v1/analytics/fleet", params={**params, "limit": 1, "offset": 1}).json()
+    assert [i["vehicleId"] for i in second["items"]] == [page["items"][1]["vehicleId"]]
+    flagged = analytics.get(
+        "/v1/analytics/fleet", params={**params, "lowEfficiency": "true"}
+    ).json()
+    assert {i["vehicleId"] for i in flagged["items"]} == {
+        v
+        for v, item in by_id.items()
+        if item["efficiency"] is not None and item["efficiency"] < 0.85
+    }
+    text = analytics.get("/v1/analytics/fleet", params=params, headers={"Accept": "text/csv"}).text
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [row["vehicleId"] for row in table] == [i["vehicleId"] for i in page["items"]]
+    assert float(table[0]["totalDc"]) == page["items"][0]["totalDc"]
+    bad = analytics.get("/v1/analytics/fleet", params={"sort": "colour"})
+    assert bad.status_code == 422
+
+
+def test_hourly_series_adds_up_to_the_window(
+    env: ModuleEnv, analytics: TestClient, fleet_data: dict[str, Any]
+) -> None:
+    params = {"from": at(600).isoformat(), "to": at(720).isoformat()}  # hours 10 and 11
+    response = analytics.get("/v1/analytics/performance/AV2/hourly", params=params)
+    assert response.status_code == 200, response.text
+    series = response.json()
+    assert [h["hour"] for h in series["hours"]] == [
+        at(600).isoformat().replace("+00:00", "Z"),
+        at(660).isoformat().replace("+00:00", "Z"),
+    ]
+    assert [h["vehicleReadings"] for h in series["hours"]] == [60, 60]
+    # Hour 10 holds the re-link at minute 17: AC from AM2 before it, AM3 after.
+    assert series["hours"][0]["totalAc"] == _expected_ac(env, "AV2", at(600), at(660))
+    assert (
+        sum(h["totalDc"] for h in series["hours"])
+        == brute(
+            env,
+            "vehicle_readings_history",
+            "vehicle_id",
+            "AV2",
+            at(600),
+            at(720),
+            "sum(kwh_delivered_dc)",
+        )[1]
+    )
+    assert analytics.get("/v1/analytics/performance/nobody/hourly").status_code == 404
+
+
+def test_partition_maintenance_creates_ahead_and_drops_past_retention(env: ModuleEnv) -> None:
+    with psycopg.connect(env.writer_url, autocommit=True) as conn:
+        future = datetime.now(UTC) + timedelta(days=200)
+        report = maintain(conn, retention_days=90, ahead_days=3, now=future)
+        # The 94 days around the future date are new; every earlier day is past retention.
+        assert len(report.created) == 2 * 94
+        assert len(report.dropped) == 2 * (90 + 7 + 1)
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " JOIN pg_class p ON p.oid = i.inhparent"
+                " WHERE p.relname = 'vehicle_readings_history'"
+            ).fetchall()
+        }
+        horizon = (future - timedelta(days=90)).date()
+        expected = {
+            f"vehicle_readings_history_p{horizon + timedelta(days=d):%Y%m%d}" for d in range(0, 94)
+        }
+        assert names == expected
+        assert conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM vehicle_hourly_rollup").fetchone() == (0,)
+        again = maintain(conn, retention_days=90, ahead_days=3, now=future)
+        assert (again.created, again.dropped) == ([], [])

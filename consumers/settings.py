@@ -26,7 +26,7 @@ class ConsumerSettings(BaseSettings):
     links_topic: str = DEFAULT_TOPICS.links
 
     #: Records per PostgreSQL transaction, and how long to wait to fill a batch.
-    batch_max_records: int = Field(default=5000, ge=1, le=100_000)
+    batch_max_records: int = Field(default=20_000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=200, ge=1, le=60_000)
     #: Back-off while PostgreSQL or Kafka is unavailable (doubles up to the max).
     retry_initial_s: float = Field(default=0.2, gt=0)

@@ -60,7 +60,7 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
 
 
 async def _maintenance_loop(settings: ConsumerSettings, stop: asyncio.Event) -> None:
-    """Partition maintenance now and every ``maintenance_interval_s``; failures never stop writes."""
+    """Partition maintenance now and every ``maintenance_interval_s``; failures are retried."""
     while not stop.is_set():
         try:
             await asyncio.to_thread(

@@ -16,12 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-import psycopg
 
 from consumers.migrate import prepare_database
-from deploy.local.services import LocalStack, Services, session_services, with_database
+from deploy.local.services import (
+    LocalStack,
+    Services,
+    create_database,
+    drop_database,
+    session_services,
+    with_database,
+)
 
 BENCH_STACK = LocalStack("bench", 59092, 59093, 55432)
 
@@ -60,19 +64,13 @@ def bench_services() -> Iterator[Services]:
 def fresh_database(services: Services, prefix: str) -> Iterator[BenchDatabase]:
     """A new database with every migration applied; dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    owner = urlsplit(services.writer_url).username or "postgres"
-    with psycopg.connect(services.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
-        reader = urlsplit(services.reader_url).username
-        if reader and reader != owner:
-            admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+    create_database(services, name)
     database = BenchDatabase(services, name)
     try:
         prepare_database(database.writer_url)
         yield database
     finally:
-        with psycopg.connect(services.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(services, name)
 
 
 def scrape(url: str) -> str:

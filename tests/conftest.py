@@ -17,7 +17,14 @@ import psycopg
 import pytest
 
 from consumers.migrate import prepare_database
-from deploy.local.services import ROOT, Services, session_services, with_database
+from deploy.local.services import (
+    ROOT,
+    Services,
+    create_database,
+    drop_database,
+    session_services,
+    with_database,
+)
 from schemas import TopicNames, dlq_topic
 from tests.kafka_tools import create_topics, delete_topics
 
@@ -53,20 +60,11 @@ def _with_read_only_role(found: Services) -> Services:
     )
 
 
-def _admin(services: Services) -> psycopg.Connection[Any]:
-    return psycopg.connect(services.admin_url, autocommit=True)
-
-
-def _role(url: str) -> str:
-    return urlsplit(url).username or "postgres"
-
-
 @pytest.fixture(scope="session")
 def template_db(services: Services) -> str:
     """A database with every migration applied, copied for each test module."""
-    with _admin(services) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}" OWNER "{_role(services.writer_url)}"')
+    drop_database(services, TEMPLATE_DB)
+    create_database(services, TEMPLATE_DB)
     prepare_database(with_database(services.writer_url, TEMPLATE_DB))
     return TEMPLATE_DB
 
@@ -163,11 +161,7 @@ def env(
         vehicle=f"{name}.telemetry.vehicle.v1",
         links=f"{name}.fleet.links.v1",
     )
-    with _admin(services) as admin:
-        owner = _role(services.writer_url)
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" OWNER "{owner}"')
-        reader = _role(services.reader_url)
-        admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+    create_database(services, name, template=template_db)
     all_topics = [*topics.all(), *(dlq_topic(t) for t in topics.all())]
     create_topics(services.kafka_bootstrap, all_topics)
     test_env = ModuleEnv(services, name, topics)
@@ -183,8 +177,7 @@ def env(
             except subprocess.TimeoutExpired:
                 proc.kill()
         delete_topics(services.kafka_bootstrap, all_topics)
-        with _admin(services) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(services, name)
 
 
 @pytest.fixture(scope="module")

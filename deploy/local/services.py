@@ -179,3 +179,28 @@ def session_services(stack: LocalStack = TEST_STACK) -> Iterator[Services]:
     else:
         with local_stack(stack) as services:
             yield services
+
+
+def create_database(services: Services, name: str, template: str | None = None) -> None:
+    """A new database owned by the writer role, readable by the reader role.
+
+    ``template`` copies an existing (migrated) database, which is much faster
+    than migrating again.
+    """
+    import psycopg
+
+    owner = urlsplit(services.writer_url).username or "postgres"
+    reader = urlsplit(services.reader_url).username
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(services.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"{copy} OWNER "{owner}"')
+        if reader and reader != owner:
+            admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+
+
+def drop_database(services: Services, name: str) -> None:
+    """Drop ``name``, disconnecting whoever is still connected."""
+    import psycopg
+
+    with psycopg.connect(services.admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -10,10 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest_gateway import metrics
 from ingest_gateway.errors import GatewayError
+from ingest_gateway.fastpath import IngestFastPath
 from ingest_gateway.publisher import KafkaPublisher
 from ingest_gateway.routes import health, ingest
 from ingest_gateway.settings import GatewaySettings
@@ -39,6 +42,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
+        # What start-up allocated (FastAPI, pydantic validators, aiokafka) lives as
+        # long as the process: frozen, full collections under load skip it (about
+        # 10 % of the app's CPU per one-event request, measured).
+        gc.freeze()
         try:
             yield
         finally:
@@ -61,6 +68,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _request_invalid)  # type: ignore[arg-type]
+    # Added first, so it runs inside RequestMetrics: fast-path requests are counted too.
+    app.add_middleware(IngestFastPath, routes=ingest.router.routes, on_error=_gateway_error)
     app.add_middleware(RequestMetrics)
     return app
 
@@ -87,6 +96,19 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Labelled children, looked up once: ``labels()`` costs microseconds per
+        # call, and routes x statuses is a small, bounded set.
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def _metrics_of(self, path: str, status: int) -> tuple[Counter, Histogram]:
+        children = self._children.get((path, status))
+        if children is None:
+            children = (
+                metrics.REQUESTS.labels(path, str(status)),
+                metrics.REQUEST_SECONDS.labels(path),
+            )
+            self._children[(path, status)] = children
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,6 +127,6 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.REQUESTS.labels(path, str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
+            requests, seconds = self._metrics_of(getattr(route, "path", "unmatched"), status)
+            requests.inc()
+            seconds.observe(time.perf_counter() - started)

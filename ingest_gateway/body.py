@@ -110,8 +110,11 @@ def reading_messages(
     messages: list[Message] = []
     errors: list[dict[str, Any]] = []
     for index, obj in enumerate(items):
+        # Validation runs on JSON text; the same bytes are then published, so
+        # each event is serialized once.
+        value = raw if raw is not None else orjson.dumps(obj)
         try:
-            event = reading_from_obj(obj, limits)
+            event = reading_from_obj(obj, limits, raw=value)
         except InvalidEvent as exc:
             errors.extend({"index": index, **err} for err in exc.errors)
             continue
@@ -120,7 +123,7 @@ def reading_messages(
             Message(
                 topic=topics.for_stream(stream),
                 key=event.device_id.encode(),
-                value=raw if raw is not None else orjson.dumps(obj),
+                value=value,
                 stream=stream.value,
             )
         )
@@ -135,7 +138,7 @@ def reading_messages(
 def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:
     """Validate one link event. Raises :class:`InvalidPayload` naming each failing field."""
     try:
-        link = link_from_obj(obj, limits)
+        link = link_from_obj(obj, limits, raw=raw)
     except InvalidEvent as exc:
         raise InvalidPayload(
             f"link failed validation: {exc.reason}", [dict(e) for e in exc.errors]

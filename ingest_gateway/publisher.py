@@ -121,7 +121,8 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self._timeout_s):
                 futures = [await producer.send(m.topic, value=m.value, key=m.key) for m in messages]
-                await asyncio.gather(*futures)
+                # A lone future needs no gathering: the one-event path skips its bookkeeping.
+                await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels("timeout").inc()
             raise KafkaUnavailable(

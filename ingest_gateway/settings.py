@@ -41,6 +41,8 @@ class GatewaySettings(BaseSettings):
 
     max_future_s: float = Field(default=DEFAULT_LIMITS.max_future.total_seconds(), ge=0)
     max_kwh_per_reading: float = Field(default=DEFAULT_LIMITS.max_kwh_per_reading, gt=0)
+    #: Days of history kept; older readings are refused.
+    retention_days: int = Field(default=DEFAULT_LIMITS.retention.days, ge=1, le=3650)
     log_level: str = "INFO"
 
     def topics(self) -> TopicNames:
@@ -54,6 +56,7 @@ class GatewaySettings(BaseSettings):
         return ValidationLimits(
             max_future=timedelta(seconds=self.max_future_s),
             max_kwh_per_reading=self.max_kwh_per_reading,
+            retention=timedelta(days=self.retention_days),
         )
 
     def accepted_keys(self) -> frozenset[str]:

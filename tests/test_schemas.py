@@ -62,6 +62,11 @@ def test_valid_readings_decode_to_models_in_utc() -> None:
         ({"timestamp": 1770631200}, "timestamp", "must be an ISO 8601 string"),
         ({"timestamp": "yesterday"}, "timestamp", "Input should be a valid datetime"),
         ({"timestamp": "2026-02-09T10:11:00Z"}, "timestamp", "more than 300 s in the future"),
+        (
+            {"timestamp": "2025-11-01T10:00:00Z"},
+            "timestamp",
+            "older than the history's retention of 90 days",
+        ),
         ({"kwhConsumedAc": -0.1}, "kwhConsumedAc", "greater than or equal to 0"),
         ({"kwhConsumedAc": 10.5}, "kwhConsumedAc", "plausible energy of one minute"),
         ({"kwhConsumedAc": "1.5"}, "kwhConsumedAc", "valid number"),

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from ingest_gateway import metrics
 from ingest_gateway.auth import require_api_key
@@ -41,12 +42,15 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-async def _publish(state: GatewayState, messages: list[Message]) -> JSONResponse:
+async def _publish(state: GatewayState, messages: list[Message]) -> Response:
     await state.publisher.publish(messages)
     per_stream = Counter(m.stream for m in messages)
     for stream, count in per_stream.items():
         metrics.EVENTS_ACCEPTED.labels(stream).inc(count)
-    return JSONResponse({"accepted": len(messages), **per_stream}, status_code=202)
+    # Rendered with orjson: a few microseconds less per answer than the stdlib
+    # encoder behind JSONResponse, which counts on the one-event path.
+    body = orjson.dumps({"accepted": len(messages), **per_stream})
+    return Response(body, status_code=202, media_type="application/json")
 
 
 def _parse_one(body: bytes) -> Any:
@@ -63,7 +67,7 @@ def _parse_one(body: bytes) -> Any:
     openapi_extra={"requestBody": _EVENT_BODY},
     summary="Ingest one meter or vehicle reading",
 )
-async def ingest_one(request: Request) -> JSONResponse:
+async def ingest_one(request: Request) -> Response:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)
@@ -79,7 +83,7 @@ async def ingest_one(request: Request) -> JSONResponse:
     openapi_extra={"requestBody": _BATCH_BODY},
     summary="Ingest a batch of readings (JSON array or NDJSON)",
 )
-async def ingest_batch(request: Request) -> JSONResponse:
+async def ingest_batch(request: Request) -> Response:
     """Up to ``max_batch_events`` events, all accepted or none."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)
@@ -95,7 +99,7 @@ async def ingest_batch(request: Request) -> JSONResponse:
     openapi_extra={"requestBody": _EVENT_BODY},
     summary="Link a vehicle to the meter that feeds it",
 )
-async def link(request: Request) -> JSONResponse:
+async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     state = _state(request)
     body = await read_body(request, state.settings.max_body_bytes)

@@ -1,29 +1,24 @@
-"""``python -m analytics_api``: serve the analytics API with uvicorn (``ANALYTICS_*`` settings)."""
+"""``python -m analytics_api``: serve the analytics API with uvicorn (``ANALYTICS_*`` settings).
+
+``ANALYTICS_WORKERS`` processes share the port; ``/metrics`` adds up all of them
+(see :func:`schemas.web.serve`).
+"""
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
-
 from analytics_api.settings import AnalyticsSettings
+from schemas.web import serve
 
 
 def main() -> int:
-    """Run uvicorn with ``ANALYTICS_WORKERS`` processes on ``ANALYTICS_HOST:ANALYTICS_PORT``."""
+    """Run ``ANALYTICS_WORKERS`` processes on ``ANALYTICS_HOST:ANALYTICS_PORT`` until stopped."""
     settings = AnalyticsSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
+    serve(
         "analytics_api.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        proxy_headers=False,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.log_level,
     )
     return 0
 

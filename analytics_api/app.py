@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,14 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from psycopg_pool import AsyncConnectionPool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analytics_api.errors import AnalyticsError
 from analytics_api.queries import Reader
 from analytics_api.routes import fleet, health, vehicles
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.state import AnalyticsState
-from schemas.http import error_body
+from schemas.web import RequestMetrics, error_response, request_invalid
 
 REQUESTS = Counter(
     "energy_analytics_requests_total", "HTTP requests answered.", ["route", "status"]
@@ -79,48 +77,10 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(health.router)
     app.add_exception_handler(AnalyticsError, _analytics_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _request_invalid)  # type: ignore[arg-type]
-    app.add_middleware(RequestMetrics)
+    app.add_exception_handler(RequestValidationError, request_invalid)  # type: ignore[arg-type]
+    app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
 
 
 async def _analytics_error(request: Request, exc: AnalyticsError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.code, exc.message, exc.errors), status_code=exc.status, headers=exc.headers()
-    )
-
-
-async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
-    ]
-    return JSONResponse(
-        error_body("validation_failed", "request is not valid", errors), status_code=422
-    )
-
-
-class RequestMetrics:
-    """Counts requests by route template and status, and times them (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            REQUESTS.labels(path, str(status)).inc()
-            REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
+    return error_response(exc)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from schemas.web import ApiError
 
 
-class AnalyticsError(Exception):
-    """Root of the analytics API's errors: an HTTP status, a stable code, a message."""
-
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
-    retriable: ClassVar[bool] = False
-
-    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.errors = errors or []
-
-    def headers(self) -> dict[str, str]:
-        """Extra response headers."""
-        return {}
+class AnalyticsError(ApiError):
+    """Root of the analytics API's errors; ``app.py`` answers each with its status and JSON body."""
 
 
 class Unauthorized(AnalyticsError):

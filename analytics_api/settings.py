@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.http import parse_api_keys
+from schemas.settings import ApiKeySettings
 
 
-class AnalyticsSettings(BaseSettings):
-    """Everything the analytics API needs. Connect it with the read-only role."""
+class AnalyticsSettings(ApiKeySettings, BaseSettings):
+    """Everything the analytics API needs. Connect it with the read-only role.
+
+    More API keys may come from a file ``analytics_api_keys`` in ``ANALYTICS_SECRETS_DIR``.
+    """
 
     model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore", frozen=True)
+    api_key_file = "analytics_api_keys"
 
     host: str = "127.0.0.1"
     port: int = Field(default=8081, ge=1, le=65535)
@@ -27,21 +29,8 @@ class AnalyticsSettings(BaseSettings):
     #: Server-side cap on any one query.
     statement_timeout_ms: int = Field(default=5000, ge=100)
 
-    api_keys: SecretStr = SecretStr("")
-    #: Directory of mounted secrets (a file named ``analytics_api_keys``).
-    secrets_dir: str | None = None
-
     #: Efficiency below this is flagged ``lowEfficiency`` (power loss or a fault).
     low_efficiency_threshold: float = Field(default=0.85, gt=0, le=1)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
     log_level: str = "INFO"
-
-    def accepted_keys(self) -> frozenset[str]:
-        """API keys from the setting and, when configured, the secrets directory."""
-        raw = self.api_keys.get_secret_value()
-        if self.secrets_dir:
-            secret = Path(self.secrets_dir) / "analytics_api_keys"
-            if secret.is_file():
-                raw += "," + secret.read_text()
-        return parse_api_keys(raw)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import DEFAULT_LIMITS, DEFAULT_TOPICS, TopicNames, ValidationLimits
+from schemas.settings import TopicSettings, ValidationSettings
 
 
-class ConsumerSettings(BaseSettings):
-    """Everything a worker needs; mounted secrets are read from ``secrets_dir``."""
+class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
+    """Everything a worker needs; topics and validation bounds as in :mod:`schemas.settings`."""
 
     model_config = SettingsConfigDict(
         env_prefix="CONSUMER_", secrets_dir=None, extra="ignore", frozen=True
@@ -21,21 +19,12 @@ class ConsumerSettings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://energy_writer@127.0.0.1:15432/energy")
     group_id_prefix: str = "energy"
 
-    meter_topic: str = DEFAULT_TOPICS.meter
-    vehicle_topic: str = DEFAULT_TOPICS.vehicle
-    links_topic: str = DEFAULT_TOPICS.links
-
     #: Records per PostgreSQL transaction, and how long to wait to fill a batch.
     batch_max_records: int = Field(default=20_000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=200, ge=1, le=60_000)
     #: Back-off while PostgreSQL or Kafka is unavailable (doubles up to the max).
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=5.0, gt=0)
-
-    max_future_s: float = Field(default=DEFAULT_LIMITS.max_future.total_seconds(), ge=0)
-    max_kwh_per_reading: float = Field(default=DEFAULT_LIMITS.max_kwh_per_reading, gt=0)
-    #: Days of history kept; older readings are refused.
-    retention_days: int = Field(default=DEFAULT_LIMITS.retention.days, ge=1, le=3650)
 
     #: Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = Field(default=7, ge=1, le=366)
@@ -45,17 +34,3 @@ class ConsumerSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     log_level: str = "INFO"
-
-    def topics(self) -> TopicNames:
-        """The topic names this worker reads and dead-letters to."""
-        return TopicNames(
-            meter=self.meter_topic, vehicle=self.vehicle_topic, links=self.links_topic
-        )
-
-    def limits(self) -> ValidationLimits:
-        """The validation bounds shared with the gateway."""
-        return ValidationLimits(
-            max_future=timedelta(seconds=self.max_future_s),
-            max_kwh_per_reading=self.max_kwh_per_reading,
-            retention=timedelta(days=self.retention_days),
-        )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from analytics_api.state import AnalyticsState
+from schemas.web import metrics_response
 
 router = APIRouter()
 
@@ -32,5 +32,5 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def prometheus_metrics() -> Response:
-    """Prometheus text exposition."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition, summed over every worker process when there are several."""
+    return metrics_response()

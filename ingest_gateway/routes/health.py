@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from ingest_gateway.state import GatewayState
+from schemas.web import metrics_response
 
 router = APIRouter()
 
@@ -36,10 +33,4 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics")
 async def prometheus_metrics() -> Response:
     """Prometheus text exposition, summed over every worker process when there are several."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Multiprocess mode (see ``__main__``): each worker writes its values to
-        # files; a registry built per scrape reads and adds them all up.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return metrics_response()

@@ -294,6 +294,10 @@ class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
             await self._worker.drain()
         finally:
             self._worker._abandon = False
+        for tp in revoked:
+            # The new owner reports this partition's lag from now on.
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self._worker.stream.value, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Log the new assignment."""

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from consumers.migrate import prepare_database
@@ -54,9 +53,9 @@ class BenchDatabase:
 
 
 @contextmanager
-def bench_services() -> Iterator[Services]:
-    """Kafka and PostgreSQL for a benchmark run."""
-    with session_services(BENCH_STACK) as services:
+def bench_services(stack: LocalStack = BENCH_STACK) -> Iterator[Services]:
+    """Kafka and PostgreSQL for a benchmark run (a private local stack unless given)."""
+    with session_services(stack) as services:
         yield services
 
 
@@ -115,14 +114,6 @@ def histogram_quantile(text: str, name: str, quantile: float) -> float | None:
             return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
         lower, below = bound, count
     return lower
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a live process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def json_line(result: dict[str, Any]) -> str:

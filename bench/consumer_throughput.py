@@ -6,9 +6,10 @@
    (one per device per minute, realistic values, keyed by device id);
 2. baseline: a plain binary COPY of the same rows into a table of the same
    shape (same indexes), committed every 50,000 rows;
-3. runs ``python -m consumers vehicle`` as in production and times it from
-   its first committed row until every event is committed, sampling its
-   metrics (commit latency) and its peak RSS;
+3. runs ``python -m consumers vehicle`` as in production, one process per core
+   in one consumer group by default (``--workers``), and times it from launch
+   until every event is committed, sampling the metrics (commit latency), the
+   peak RSS of each worker and their CPU;
 4. checks the result: history holds N rows, live status D rows.
 
 The last line of stdout is one JSON object with the figures.
@@ -41,15 +42,17 @@ from bench._bench_env import (
     histogram_quantile,
     json_line,
     metric_value,
-    peak_rss_mb,
     say,
     scrape,
 )
+from bench.procstat import cpu_seconds, machine_busy_seconds, rss_mb
 from consumers.tables import VEHICLE_TABLE
-from deploy.local.services import ROOT
+from deploy.local.services import ROOT, LocalStack
 from schemas import dlq_topic
 
 PARTITIONS = 12
+#: A stack of its own, so that it can run beside the other benchmarks.
+CONSUMER_BENCH_STACK = LocalStack("bench-consumer", 59192, 59193, 55532)
 Row = tuple[str, datetime, float, float, float]
 
 
@@ -169,41 +172,47 @@ def free_port() -> int:
 
 
 def run_consumer(
-    database: BenchDatabase, topic: str, events: int, timeout_s: float
+    database: BenchDatabase, topic: str, events: int, timeout_s: float, workers: int = 1
 ) -> dict[str, Any]:
-    """Drain ``topic`` with a real worker process; the figures of the run."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        CONSUMER_KAFKA_BOOTSTRAP_SERVERS=database.services.kafka_bootstrap,
-        CONSUMER_DATABASE_URL=database.writer_url,
-        CONSUMER_VEHICLE_TOPIC=topic,
-        CONSUMER_GROUP_ID_PREFIX=database.name,
-        CONSUMER_METRICS_PORT=str(port),
-        CONSUMER_LOG_LEVEL="WARNING",
-    )
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
-    launched = time.perf_counter()
-    # BENCH_PROFILE=<file> runs the worker under cProfile (stats written at its clean exit).
+    """Drain ``topic`` with ``workers`` real worker processes in one group; the run's figures."""
+    ports = [free_port() for _ in range(workers)]
+    # BENCH_PROFILE=<file> runs the (first) worker under cProfile (stats at its clean exit).
     profile = os.environ.get("BENCH_PROFILE")
-    profiler = ["-m", "cProfile", "-o", profile] if profile else []
-    proc = subprocess.Popen(
-        [sys.executable, *profiler, "-m", "consumers", "vehicle"], cwd=ROOT, env=env
-    )
+    launched = time.perf_counter()
+    procs = []
+    for n, port in enumerate(ports):
+        env = dict(os.environ)
+        env.update(
+            CONSUMER_KAFKA_BOOTSTRAP_SERVERS=database.services.kafka_bootstrap,
+            CONSUMER_DATABASE_URL=database.writer_url,
+            CONSUMER_VEHICLE_TOPIC=topic,
+            CONSUMER_GROUP_ID_PREFIX=database.name,
+            CONSUMER_METRICS_PORT=str(port),
+            CONSUMER_LOG_LEVEL="WARNING",
+        )
+        profiler = ["-m", "cProfile", "-o", profile] if profile and n == 0 else []
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *profiler, "-m", "consumers", "vehicle"], cwd=ROOT, env=env
+            )
+        )
     first_write: float | None = None
+    busy0, total0 = machine_busy_seconds()
     written = 0.0
-    text = ""
+    texts = [""] * workers
     last_report = 0.0
     try:
         while time.perf_counter() - launched < timeout_s:
             time.sleep(0.25)
-            if proc.poll() is not None:
-                raise RuntimeError(f"consumer exited with {proc.returncode}")
+            if any(proc.poll() is not None for proc in procs):
+                raise RuntimeError("a consumer exited before the topic was drained")
             try:
-                text = scrape(metrics_url)
+                texts = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
             except OSError:
                 continue
-            written = metric_value(text, "energy_consumer_events_consumed_total")
+            written = sum(
+                metric_value(text, "energy_consumer_events_consumed_total") for text in texts
+            )
             if written and first_write is None:
                 first_write = time.perf_counter()
             now = time.perf_counter()
@@ -214,24 +223,33 @@ def run_consumer(
             if written >= events:
                 break
         done = time.perf_counter()
-        rss = peak_rss_mb(proc.pid)
+        rss = max(rss_mb(proc.pid, peak=True) for proc in procs)
+        cpu = cpu_seconds([proc.pid for proc in procs])
+        busy1, total1 = machine_busy_seconds()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
     if written < events or first_write is None:
         raise RuntimeError(f"consumer did not finish in {timeout_s} s ({written:,.0f}/{events:,})")
-    # The first sample already contains one batch: count the run from launch
-    # for the honest figure, and from the first sample for the steady rate.
-    p50 = histogram_quantile(text, "energy_consumer_batch_commit_seconds", 0.5)
-    p99 = histogram_quantile(text, "energy_consumer_batch_commit_seconds", 0.99)
+    # The first sample already contains a batch: the run counts from launch for
+    # the honest figure, from the first sample for the steady rate.
+    merged = "\n".join(texts)
+    p50 = histogram_quantile(merged, "energy_consumer_batch_commit_seconds", 0.5)
+    p99 = histogram_quantile(merged, "energy_consumer_batch_commit_seconds", 0.99)
     return {
+        "workers": workers,
         "elapsed_s": round(done - launched, 2),
         "events_per_s": round(events / (done - launched)),
         "steady_events_per_s": round(events / max(done - first_write, 1e-9)),
         "commit_p50_ms": None if p50 is None else round(p50 * 1000, 1),
         "commit_p99_ms": None if p99 is None else round(p99 * 1000, 1),
-        "batches": int(metric_value(text, "energy_consumer_batch_size_count")),
+        "batches": int(metric_value(merged, "energy_consumer_batch_size_count")),
         "consumer_rss_mb": round(rss, 1),
+        # CPU per event is steadier than events/s on a shared machine.
+        "consumer_cpu_us_per_event": round(cpu / events * 1e6, 1),
+        "machine_busy_percent": round(200 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
     }
 
 
@@ -243,11 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for the drain")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes in the consumer group (default: one per core)",
+    )
     args = parser.parse_args(argv)
 
     say(f"generating {args.events:,} heartbeats from {args.devices:,} vehicles")
     rows, values = generate(args.events, args.devices)
-    with bench_services() as services, fresh_database(services, "bench_consumer") as database:
+    with (
+        bench_services(CONSUMER_BENCH_STACK) as services,
+        fresh_database(services, "bench_consumer") as database,
+    ):
         topic = f"bench.{database.name}.telemetry.vehicle.v1"
         say(f"filling {topic} ({PARTITIONS} partitions)")
         fill_s = asyncio.run(fill_topic(services.kafka_bootstrap, topic, rows, values))
@@ -259,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {copy_rate:,.0f} rows/s")
 
         say("consumer: draining the topic into history and live status")
-        run = run_consumer(database, topic, args.events, args.timeout)
+        run = run_consumer(database, topic, args.events, args.timeout, args.workers)
         with psycopg.connect(database.writer_url) as conn:
             history = conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone()
             live = conn.execute("SELECT count(*) FROM vehicle_live_status").fetchone()

@@ -273,7 +273,10 @@ class StreamWorker:
                 await asyncio.sleep(0.02)
 
     def _observe_lag(self, committed: dict[TopicPartition, int]) -> None:
+        assigned = self.consumer.assignment()
         for tp, offset in committed.items():
+            if tp not in assigned:
+                continue  # revoked meanwhile (this batch finished during a rebalance)
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
                 lag = max(highwater - offset, 0)

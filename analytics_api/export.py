@@ -42,6 +42,8 @@ def iso(moment: datetime) -> str:
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, list):

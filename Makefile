@@ -64,8 +64,10 @@ bench: bench-consumer bench-gateway bench-analytics bench-freshness
 bench-consumer: venv
 	@$(PY) -m bench.consumer_throughput $(BENCH_CONSUMER_ARGS)
 
+# One day of 10,000 vehicles and meters, then per-vehicle and fleet query latency (private
+# stack); BENCH_ANALYTICS_ARGS e.g. "--vehicles 500".
 bench-analytics: venv
-	@echo "$@: not built yet"
+	@$(PY) -m bench.analytics_latency $(BENCH_ANALYTICS_ARGS)
 
 # The gateway's own processes (GATEWAY_WORKERS, default one per core) against the running
 # Kafka, else a private stack; BENCH_GATEWAY_ARGS e.g. "--workers 4 --duration 30".

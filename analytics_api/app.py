@@ -12,7 +12,7 @@ from prometheus_client import Counter, Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from analytics_api.errors import AnalyticsError
-from analytics_api.queries import Reader
+from analytics_api.queries import PLANNER_OPTIONS, Reader
 from analytics_api.routes import fleet, health, vehicles
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.state import AnalyticsState
@@ -44,14 +44,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         kwargs={
             "autocommit": True,
             "application_name": "energy-analytics",
-            # Prepared at first use: planning over ~100 daily partitions costs
-            # tens of milliseconds, executing a cached generic plan (partitions
-            # pruned at run time) about two. JIT only slows these short queries.
+            # Prepared at first use, with PLANNER_OPTIONS: see queries.py.
             "prepare_threshold": 0,
             # Read-only whatever role connects, and no query may run away.
             "options": "-c default_transaction_read_only=on "
-            f"-c statement_timeout={settings.statement_timeout_ms} "
-            "-c plan_cache_mode=force_generic_plan -c jit=off",
+            f"-c statement_timeout={settings.statement_timeout_ms} {PLANNER_OPTIONS}",
         },
     )
 

@@ -37,7 +37,9 @@ WITH ac AS (
     CROSS JOIN LATERAL energy_meter_totals(
         l.meter_id,
         greatest(l.valid_from, %(from)s),
-        least(coalesce(l.valid_to, 'infinity'), %(to)s)
+        least(coalesce(l.valid_to, 'infinity'), %(to)s),
+        %(from)s,
+        %(to)s
     ) t
     WHERE l.vehicle_id = %(vehicle_id)s
       AND l.valid_from < %(to)s
@@ -91,7 +93,7 @@ WITH dc AS (
     -- The few links that begin or end inside an hour: edges from history.
     SELECT s.vehicle_id, t.readings, t.kwh
     FROM spans s
-    CROSS JOIN LATERAL energy_meter_totals(s.meter_id, s.lo, s.hi) t
+    CROSS JOIN LATERAL energy_meter_totals(s.meter_id, s.lo, s.hi, %(from)s, %(to)s) t
     WHERE date_trunc('hour', s.lo, 'UTC') <> s.lo OR date_trunc('hour', s.hi, 'UTC') <> s.hi
 ), ac AS (
     SELECT vehicle_id, sum(readings) AS readings, sum(kwh) AS total
@@ -154,7 +156,9 @@ WITH hours AS (
     CROSS JOIN LATERAL energy_meter_totals(
         l.meter_id,
         greatest(l.valid_from, h.hour),
-        least(coalesce(l.valid_to, 'infinity'), h.hour + interval '1 hour')
+        least(coalesce(l.valid_to, 'infinity'), h.hour + interval '1 hour'),
+        %(from)s,
+        %(to)s
     ) t
     GROUP BY h.hour
 )

@@ -31,9 +31,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 
 from bench._bench_env import (
     BenchDatabase,
@@ -42,6 +40,7 @@ from bench._bench_env import (
     histogram_quantile,
     json_line,
     metric_value,
+    produce_by_partition,
     say,
     scrape,
 )
@@ -107,38 +106,14 @@ async def fill_topic(bootstrap: str, topic: str, rows: list[Row], values: list[b
         )
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=1 << 20
-    )
-    await producer.start()
     started = time.perf_counter()
-    partitioner = DefaultPartitioner()
-    all_parts = list(range(PARTITIONS))
-    try:
-        batches: dict[int, Any] = {}
-        pending = []
-        for i, (row, value) in enumerate(zip(rows, values, strict=True)):
-            key = row[0].encode()
-            part = partitioner(key, all_parts, all_parts)
-            batch = batches.get(part)
-            if batch is None:
-                batch = batches[part] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                batch.close()
-                pending.append(await producer.send_batch(batch, topic, partition=part))
-                batch = batches[part] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-            if i and i % 200_000 == 0:
-                say(f"  produced {i:,} events")
-            if len(pending) > 64:
-                await asyncio.gather(*pending)
-                pending.clear()
-        for part, batch in batches.items():
-            batch.close()
-            pending.append(await producer.send_batch(batch, topic, partition=part))
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    await produce_by_partition(
+        bootstrap,
+        topic,
+        ((row[0].encode(), value) for row, value in zip(rows, values, strict=True)),
+        PARTITIONS,
+        progress=lambda sent: say(f"  produced {sent:,} events"),
+    )
     return time.perf_counter() - started
 
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
+from bench._bench_env import produce_by_partition
 from deploy.local.services import crash_kafka, crash_postgres, start_infra
 from schemas import dlq_topic
 from tests.conftest import ModuleEnv, wait_for
@@ -97,33 +96,6 @@ def _events(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, An
     return records, truth
 
 
-async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20
-    )
-    await producer.start()
-    partitioner = DefaultPartitioner()
-    parts = list(range(PARTITIONS))
-    try:
-        batches: dict[int, Any] = {}
-        futures = []
-        for key, value in records:
-            part = partitioner(key, parts, parts)
-            batch = batches.get(part) or producer.create_batch()
-            batches[part] = batch
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=part))
-                batches[part] = producer.create_batch()
-                batches[part].append(key=key, value=value, timestamp=None)
-        for part, batch in batches.items():
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=part))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def _history(env: ModuleEnv) -> int:
     count: int = env.query("SELECT count(*) FROM vehicle_readings_history")[0][0]
     return count
@@ -158,12 +130,12 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     topic = env.topics.vehicle
     kills = 0
 
-    asyncio.run(_produce(bootstrap, topic, parts[0]))
+    asyncio.run(produce_by_partition(bootstrap, topic, parts[0], PARTITIONS))
     kill_one()
     kill_one()
     kills += 2
 
-    asyncio.run(_produce(bootstrap, topic, parts[1]))
+    asyncio.run(produce_by_partition(bootstrap, topic, parts[1], PARTITIONS))
     time.sleep(rng.uniform(0.5, 1.5))
     crash_postgres(stack)  # workers now retry with back-off; nothing may be dead-lettered
     time.sleep(2)
@@ -171,7 +143,7 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     kill_one()
     kills += 1
 
-    asyncio.run(_produce(bootstrap, topic, parts[2]))
+    asyncio.run(produce_by_partition(bootstrap, topic, parts[2], PARTITIONS))
     time.sleep(rng.uniform(0.5, 1.5))
     crash_kafka(stack)
     time.sleep(2)
@@ -179,7 +151,7 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     kill_one()
     kills += 1
 
-    asyncio.run(_produce(bootstrap, topic, parts[3]))
+    asyncio.run(produce_by_partition(bootstrap, topic, parts[3], PARTITIONS))
     kill_one()
     kill_one()
     kills += 2

@@ -17,6 +17,7 @@ from analytics_api.errors import InvalidQuery, NotFound
 from analytics_api.export import csv_response, iso, wants_csv
 from analytics_api.queries import FLEET_ORDER
 from analytics_api.state import AnalyticsState
+from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_hour_window
 
 router = APIRouter(prefix="/v1/analytics", dependencies=[Depends(require_api_key)])
@@ -60,10 +61,6 @@ def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[
     )
 
 
-def _low(efficiency: float | None, threshold: float) -> bool | None:
-    return None if efficiency is None else efficiency < threshold
-
-
 @router.get(
     "/fleet",
     response_model=None,
@@ -97,17 +94,7 @@ async def fleet(
     threshold = state.settings.low_efficiency_threshold
     total, rows = await state.reader.fleet(frm, to, sort, low_efficiency, threshold, limit, offset)
     items = [
-        {
-            "vehicleId": r["vehicle_id"],
-            "totalAc": r["total_ac"],
-            "totalDc": r["total_dc"],
-            "efficiency": r["efficiency"],
-            "lowEfficiency": _low(r["efficiency"], threshold),
-            "avgBatteryTemp": r["avg_temp"],
-            "meterIds": r["meter_ids"],
-            "vehicleReadings": r["dc_readings"],
-            "meterReadings": r["ac_readings"],
-        }
+        {"vehicleId": r["vehicle_id"], "meterIds": r["meter_ids"], **energy_fields(r, threshold)}
         for r in rows
     ]
     if wants_csv(request):
@@ -147,19 +134,7 @@ async def hourly(
         perf = await state.reader.performance(vehicle_id, frm, to)
         if not perf.known:
             raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
-    series = [
-        {
-            "hour": iso(r["hour"]),
-            "totalAc": r["total_ac"],
-            "totalDc": r["total_dc"],
-            "efficiency": r["efficiency"],
-            "lowEfficiency": _low(r["efficiency"], threshold),
-            "avgBatteryTemp": r["avg_temp"],
-            "vehicleReadings": r["dc_readings"],
-            "meterReadings": r["ac_readings"],
-        }
-        for r in rows
-    ]
+    series = [{"hour": iso(r["hour"]), **energy_fields(r, threshold)} for r in rows]
     if wants_csv(request):
         return csv_response(HOURLY_COLUMNS, series, f"{vehicle_id}-hourly.csv")
     return {"vehicleId": vehicle_id, "from": iso(frm), "to": iso(to), "hours": series}

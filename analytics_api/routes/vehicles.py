@@ -12,6 +12,7 @@ from pydantic.alias_generators import to_camel
 from analytics_api.auth import require_api_key
 from analytics_api.errors import NotFound
 from analytics_api.state import AnalyticsState
+from analytics_api.summary import low_efficiency
 from analytics_api.window import resolve_window
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -105,7 +106,7 @@ async def performance(
         "totalDc": perf.total_dc,
         "efficiency": efficiency,
         "avgBatteryTemp": perf.avg_temp,
-        "lowEfficiency": None if efficiency is None else efficiency < threshold,
+        "lowEfficiency": low_efficiency(efficiency, threshold),
         "efficiencyThreshold": threshold,
         "meterIds": perf.meter_ids,
         "vehicleReadings": perf.dc_readings,

@@ -37,3 +37,11 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
           AND recorded_at >= w0 AND recorded_at < w1
     ) AS p
 $fn$;
+
+-- The three-argument form is the same computation with the window equal to
+-- the span: one body serves both.
+CREATE OR REPLACE FUNCTION energy_meter_totals(m text, t0 timestamptz, t1 timestamptz)
+RETURNS TABLE (readings bigint, kwh double precision)
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+    SELECT * FROM energy_meter_totals(m, t0, t1, t0, t1)
+$fn$;

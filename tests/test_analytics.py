@@ -83,6 +83,32 @@ def brute(
     )[0]
 
 
+def brute_vehicle(env: ModuleEnv, vehicle: str, t0: datetime, t1: datetime) -> tuple[Any, ...]:
+    """(readings, DC sum, temperature sum) of a vehicle over [t0, t1), straight from history."""
+    return brute(
+        env,
+        "vehicle_readings_history",
+        "vehicle_id",
+        vehicle,
+        t0,
+        t1,
+        "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
+    )
+
+
+def brute_meter(env: ModuleEnv, meter: str, t0: datetime, t1: datetime) -> tuple[Any, ...]:
+    """(readings, AC sum) of a meter over [t0, t1), straight from history."""
+    return brute(
+        env,
+        "meter_readings_history",
+        "meter_id",
+        meter,
+        t0,
+        t1,
+        "coalesce(sum(kwh_consumed_ac), 0)",
+    )
+
+
 def random_window(rng: random.Random) -> tuple[datetime, datetime]:
     a = rng.uniform(-90, MINUTES + 90)
     b = a + rng.choice([rng.uniform(0.1, 59), rng.uniform(60, 600), rng.uniform(600, 2000)])
@@ -116,26 +142,10 @@ def test_totals_functions_equal_brute_force_for_random_windows(
         vehicle = rng.choice(fleet_data["vehicles"])
         meter = rng.choice(fleet_data["meters"])
         fast_v = env.query("SELECT * FROM energy_vehicle_totals(%s, %s, %s)", (vehicle, t0, t1))[0]
-        slow_v = brute(
-            env,
-            "vehicle_readings_history",
-            "vehicle_id",
-            vehicle,
-            t0,
-            t1,
-            "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
-        )
+        slow_v = brute_vehicle(env, vehicle, t0, t1)
         assert fast_v == slow_v, (vehicle, t0, t1)
         fast_m = env.query("SELECT * FROM energy_meter_totals(%s, %s, %s)", (meter, t0, t1))[0]
-        slow_m = brute(
-            env,
-            "meter_readings_history",
-            "meter_id",
-            meter,
-            t0,
-            t1,
-            "coalesce(sum(kwh_consumed_ac), 0)",
-        )
+        slow_m = brute_meter(env, meter, t0, t1)
         assert fast_m == slow_m, (meter, t0, t1)
 
 
@@ -148,15 +158,7 @@ def _expected_ac(env: ModuleEnv, vehicle: str, t0: datetime, t1: datetime) -> fl
     for meter, start, end in links:
         lo, hi = max(start, t0), min(end or t1, t1)
         if lo < hi:
-            total += brute(
-                env,
-                "meter_readings_history",
-                "meter_id",
-                meter,
-                lo,
-                hi,
-                "coalesce(sum(kwh_consumed_ac), 0)",
-            )[1]
+            total += brute_meter(env, meter, lo, hi)[1]
     return total
 
 
@@ -169,15 +171,7 @@ def test_performance_api_equals_brute_force(
         vehicle = rng.choice(fleet_data["vehicles"])
         params = {"from": t0.isoformat(), "to": t1.isoformat()}
         got = analytics.get(f"/v1/analytics/performance/{vehicle}", params=params).json()
-        n, dc, temp = brute(
-            env,
-            "vehicle_readings_history",
-            "vehicle_id",
-            vehicle,
-            t0,
-            t1,
-            "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
-        )
+        n, dc, temp = brute_vehicle(env, vehicle, t0, t1)
         assert (got["vehicleReadings"], got["totalDc"]) == (n, dc)
         assert got["avgBatteryTemp"] == (temp / n if n else None)
         assert got["totalAc"] == _expected_ac(env, vehicle, t0, t1)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack.py"
 
@@ -187,8 +189,6 @@ def create_database(services: Services, name: str, template: str | None = None) 
     ``template`` copies an existing (migrated) database, which is much faster
     than migrating again.
     """
-    import psycopg
-
     owner = urlsplit(services.writer_url).username or "postgres"
     reader = urlsplit(services.reader_url).username
     copy = f' TEMPLATE "{template}"' if template else ""
@@ -200,7 +200,5 @@ def create_database(services: Services, name: str, template: str | None = None) 
 
 def drop_database(services: Services, name: str) -> None:
     """Drop ``name``, disconnecting whoever is still connected."""
-    import psycopg
-
     with psycopg.connect(services.admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

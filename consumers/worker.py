@@ -209,8 +209,12 @@ class StreamWorker:
                 try:
                     return await attempt()
                 except ConsumerError as exc:
-                    if not exc.retriable or self.stop.is_set():
+                    if not exc.retriable:
                         raise
+                    if self.stop.is_set():
+                        # Shutting down: leave the batch uncommitted for whoever
+                        # reads these partitions next, and exit cleanly.
+                        raise BatchAbandoned(f"stopping during an outage: {exc}") from exc
                     if self._abandon:
                         # A rebalance is waiting for this batch: give its
                         # partitions up rather than hold the group hostage.

@@ -11,7 +11,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 3,
+) -> None:
     """Create ``names`` (replication 1)."""
 
     async def run() -> None:
@@ -19,7 +23,14 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> 
         await admin.start()
         try:
             await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+                [
+                    NewTopic(
+                        name,
+                        num_partitions=partitions,
+                        replication_factor=1,
+                    )
+                    for name in names
+                ]
             )
         finally:
             await admin.close()
@@ -61,10 +72,13 @@ def produce(
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
-    """Read ``topic`` from the beginning until ``expected`` records arrived (or time ran out).
+    """Every record of ``topic``: at least all that were there when called, and ``expected``.
 
-    Keeps reading a little after reaching ``expected`` so that extra records
-    (duplicates that should not be there) are seen too.
+    Reads from the beginning until it has passed the end offsets of the moment
+    it was called (so every record acknowledged before the call is seen,
+    whichever partition it is in) and holds at least ``expected`` records, or
+    until ``timeout_s``. Then it keeps reading for one more second, so extra
+    records (duplicates that should not be there) are seen too.
     """
 
     async def run() -> list[Any]:
@@ -80,12 +94,23 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0)
         records: list[Any] = []
         try:
             deadline = time.monotonic() + timeout_s
+            while not consumer.assignment() and time.monotonic() < deadline:
+                records.extend(
+                    r for rs in (await consumer.getmany(timeout_ms=100)).values() for r in rs
+                )
+            partitions = sorted(consumer.assignment())
+            assert partitions, f"topic {topic} has no partitions (does it exist?)"
+            ends = await consumer.end_offsets(partitions)
             settle_until: float | None = None
             while time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
                 for recs in batch.values():
                     records.extend(recs)
-                if len(records) >= expected and settle_until is None:
+                positions = [await consumer.position(tp) for tp in partitions]
+                caught_up = all(
+                    pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)
+                )
+                if caught_up and len(records) >= expected and settle_until is None:
                     settle_until = time.monotonic() + 1.0
                 if settle_until is not None and time.monotonic() >= settle_until:
                     break

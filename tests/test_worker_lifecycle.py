@@ -1,0 +1,85 @@
+"""A worker's life as an operator sees it: it stops cleanly on SIGTERM, even mid-outage.
+
+Its own module: the tests stop the workers they start, and nothing else may
+depend on them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from tests.conftest import ModuleEnv, free_port, wait_for
+from tests.kafka_tools import produce
+
+
+def _reading(meter_id: str, minutes_ago: int) -> bytes:
+    stamp = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
+    return orjson.dumps(
+        {
+            "meterId": meter_id,
+            "kwhConsumedAc": 0.5,
+            "voltage": 230,
+            "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        }
+    )
+
+
+def _metric(port: int, name: str) -> float:
+    """Sum of every sample of ``name`` on a worker's metrics endpoint (0 if absent)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0  # the worker is still starting: no endpoint yet
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _stored(env: ModuleEnv, meter_id: str) -> int:
+    count: int = env.query(
+        "SELECT count(*) FROM meter_readings_history WHERE meter_id = %s", (meter_id,)
+    )[0][0]
+    return count
+
+
+def test_workers_stop_gracefully_on_sigterm(env: ModuleEnv) -> None:
+    workers = [env.start_consumer(stream) for stream in ("meter", "vehicle", "links")]
+    produce(env.services.kafka_bootstrap, env.topics.meter, [(b"LC-1", _reading("LC-1", 1))])
+    # The meter worker has joined its group and written a batch: it is really running.
+    wait_for(lambda: _stored(env, "LC-1") == 1)
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    assert [proc.wait(timeout=30) for proc in workers] == [0, 0, 0]
+
+
+def test_sigterm_during_a_database_outage_exits_0_and_commits_nothing(env: ModuleEnv) -> None:
+    port = free_port()
+    # Nothing listens on this database port: PostgreSQL is "down" for this worker.
+    worker = env.start_consumer(
+        "meter",
+        CONSUMER_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+        CONSUMER_METRICS_PORT=str(port),
+        CONSUMER_GROUP_ID_PREFIX=f"{env.name}-outage",
+    )
+    produce(env.services.kafka_bootstrap, env.topics.meter, [(b"LC-2", _reading("LC-2", 1))])
+    # It read the record and is retrying the write with back-off.
+    wait_for(lambda: _metric(port, "energy_consumer_retries_total") >= 1, timeout_s=60)
+    worker.send_signal(signal.SIGTERM)
+    try:
+        code = worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise
+    assert code == 0
+    # Nothing was stored, so nothing may have been committed: a worker with a
+    # database reads the record again and stores it.
+    env.start_consumer("meter", CONSUMER_GROUP_ID_PREFIX=f"{env.name}-outage")
+    wait_for(lambda: _stored(env, "LC-2") == 1)

@@ -140,7 +140,7 @@ $$;
 """
 
 # One chunk: history, then the rollups of exactly the rows inserted (what
-# consumers.sink.hourly_deltas adds up), in one statement.
+# consumers.readings.hourly_deltas adds up), in one statement.
 LOAD_VEHICLES = """
 WITH ins AS (
     INSERT INTO vehicle_readings_history

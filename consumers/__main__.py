@@ -24,7 +24,7 @@ from consumers.dlq import DeadLetterPublisher
 from consumers.migrate import prepare_database
 from consumers.partitions import run_maintenance
 from consumers.settings import ConsumerSettings
-from consumers.worker import CommitBeforeRevoke, StreamWorker
+from consumers.worker import CommitBeforeRevoke, StreamWorker, sink_for
 from schemas import Stream
 
 log = logging.getLogger("consumers")
@@ -42,7 +42,12 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
     try:
         async with WriterConnection(settings.database_url.get_secret_value()) as db:
             worker = StreamWorker(
-                settings, stream, consumer, db, DeadLetterPublisher(producer, group_id), stop
+                settings,
+                stream,
+                consumer,
+                sink_for(stream, db),
+                DeadLetterPublisher(producer, group_id),
+                stop,
             )
             consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
             log.info("consuming %s as group %s", topic, group_id)

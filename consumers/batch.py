@@ -1,63 +1,101 @@
-"""From Kafka records to what a sink writes: valid rows, and poison with reasons."""
+"""One poll's records, decoded: what the sink writes, what is poison, what to commit.
+
+Decoding applies the gateway's own rules (``schemas.decode_event``), so an
+event the gateway accepted is never refused here for a rule it did not apply.
+It never raises: a record that fails is poison, with its reason.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from aiokafka import TopicPartition
 
 from consumers.dlq import Poison
 from consumers.tables import READING_TABLES, Row
 from schemas import InvalidEvent, Stream, ValidationLimits, VehicleMeterLink, decode_event
 
+T = TypeVar("T")
+
+#: A record as aiokafka returns it (``ConsumerRecord``: topic, partition, offset, key, value).
+Record = Any
+
+
+class Entry(NamedTuple, Generic[T]):
+    """A valid event and the record it came from (its dead letter, if the database refuses it)."""
+
+    value: T
+    source: Record
+
 
 @dataclass(slots=True)
-class DecodedBatch:
-    """One poll's records split into valid events (in offset order) and poison."""
+class Batch:
+    """The records of one poll, decoded, in offset order within each partition."""
 
-    rows: list[Row] = field(default_factory=list)
-    links: list[VehicleMeterLink] = field(default_factory=list)
-    #: The Kafka record each row or link came from, parallel to ``rows``/``links``.
-    sources: list[Any] = field(default_factory=list)
+    #: Next offset to commit per partition: the last polled offset + 1.
+    offsets: dict[TopicPartition, int]
+    #: History rows of a reading stream.
+    readings: list[Entry[Row]] = field(default_factory=list)
+    #: Link events of the links stream.
+    links: list[Entry[VehicleMeterLink]] = field(default_factory=list)
+    #: Records that can never be stored, with why.
     poison: list[Poison] = field(default_factory=list)
+    #: Number of records polled.
+    records: int = 0
+    #: The newest device timestamp of the readings (freshness metric).
     newest: datetime | None = None
 
-    def reject(self, index: int, error_class: str, reason: str) -> None:
-        """Turn a valid-looking event the database refused into poison."""
-        self.poison.append(poison_of(self.sources[index], error_class, reason))
+    @classmethod
+    def decode(
+        cls,
+        polled: Mapping[TopicPartition, Sequence[Record]],
+        stream: Stream,
+        limits: ValidationLimits,
+    ) -> Batch:
+        """Validate each polled record with the gateway's rules; never raises."""
+        offsets = {tp: records[-1].offset + 1 for tp, records in polled.items() if records}
+        batch = cls(offsets=offsets)
+        table = READING_TABLES.get(stream)
+        # One clock reading per batch for the future-skew rule, not one per event.
+        limits = replace(limits, now=datetime.now(UTC))
+        readings, links, poison = batch.readings, batch.links, batch.poison
+        newest = None
+        for records in polled.values():
+            batch.records += len(records)
+            for record in records:
+                try:
+                    event = decode_event(record.value or b"", stream, limits)
+                except InvalidEvent as exc:
+                    poison.append(Poison.of(record, exc.error_class, exc.reason))
+                    continue
+                if isinstance(event, VehicleMeterLink):
+                    links.append(Entry(event, record))
+                    continue
+                assert table is not None  # noqa: S101 -- decode_event returned a reading
+                readings.append(Entry(table.to_row(event), record))
+                if newest is None or event.timestamp > newest:
+                    newest = event.timestamp
+        batch.newest = newest
+        return batch
 
+    def only(self, partitions: Collection[TopicPartition]) -> Batch:
+        """This batch less the records of partitions not in ``partitions`` (revoked meanwhile)."""
+        keep = {(tp.topic, tp.partition) for tp in self.offsets if tp in partitions}
 
-def decode_batch(records: list[Any], stream: Stream, limits: ValidationLimits) -> DecodedBatch:
-    """Validate each record with the same rules as the gateway; never raises."""
-    batch = DecodedBatch()
-    table = READING_TABLES.get(stream)
-    # One clock reading per batch for the future-skew rule, not one per event.
-    limits = replace(limits, now=datetime.now(UTC))
-    for record in records:
-        try:
-            event = decode_event(record.value or b"", stream, limits)
-        except InvalidEvent as exc:
-            batch.poison.append(poison_of(record, exc.error_class, exc.reason))
-            continue
-        batch.sources.append(record)
-        if isinstance(event, VehicleMeterLink):
-            batch.links.append(event)
-            continue
-        assert table is not None  # noqa: S101 -- decode_event returned a reading
-        batch.rows.append(table.to_row(event))
-        if batch.newest is None or event.timestamp > batch.newest:
-            batch.newest = event.timestamp
-    return batch
+        def kept(record: Record) -> bool:
+            return (record.topic, record.partition) in keep
 
-
-def poison_of(record: Any, error_class: str, reason: str) -> Poison:
-    """A DLQ entry for ``record``."""
-    return Poison(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        error_class=error_class,
-        reason=reason,
-    )
+        readings = [e for e in self.readings if kept(e.source)]
+        links = [e for e in self.links if kept(e.source)]
+        poison = [p for p in self.poison if (p.topic, p.partition) in keep]
+        return Batch(
+            offsets={tp: offset for tp, offset in self.offsets.items() if tp in partitions},
+            readings=readings,
+            links=links,
+            poison=poison,
+            records=len(readings) + len(links) + len(poison),
+            newest=max((e.value[1] for e in readings), default=None),
+        )

@@ -1,18 +1,39 @@
-"""The worker's one PostgreSQL connection, reopened after any failure.
+"""The worker's one PostgreSQL connection, reopened after any failure, and its transactions.
 
 A worker writes one transaction at a time, so it holds a single connection
-rather than a pool; this class owns it and its reconnects.
+rather than a pool; this module owns it, its reconnects, and the line between
+"this data is invalid" (the sinks' business) and "not now" (:class:`SinkUnavailable`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 
 from consumers.errors import SinkUnavailable
+
+T = TypeVar("T")
+
+
+async def in_transaction(conn: AsyncConnection, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on ``conn``, translating "not now" failures.
+
+    Raises :class:`SinkUnavailable` for anything but a committed transaction;
+    ``work`` decides what is invalid data and handles it itself (savepoints).
+    """
+    try:
+        async with conn.transaction():
+            return await work()
+    except psycopg.Error as exc:
+        # Invalid rows are isolated inside ``work``; whatever reaches here is
+        # the server or the connection failing (or a missing migration), which
+        # a later retry can fix. Never dead-letter data for it.
+        raise SinkUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
 
 
 class WriterConnection:
@@ -37,6 +58,19 @@ class WriterConnection:
         except psycopg.Error as exc:
             raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
         return self._conn
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` on the open connection; after a failure the connection is replaced.
+
+        Raises :class:`SinkUnavailable` (when no connection can be made, or
+        from ``work``); the next call reconnects.
+        """
+        conn = await self.get()
+        try:
+            return await work(conn)
+        except SinkUnavailable:
+            await self.discard()
+            raise
 
     async def discard(self) -> None:
         """Close the current connection (after a failure); the next ``get`` reconnects."""

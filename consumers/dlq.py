@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -43,6 +44,19 @@ class Poison:
     value: bytes | None
     error_class: str
     reason: str
+
+    @classmethod
+    def of(cls, record: Any, error_class: str, reason: str) -> Poison:
+        """The dead letter of ``record`` (an aiokafka ``ConsumerRecord``)."""
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            error_class=error_class,
+            reason=reason,
+        )
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The DLQ headers of this record."""

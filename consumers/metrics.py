@@ -32,6 +32,12 @@ COMMIT_FAILURES = Counter(
     "Offset commits refused (e.g. after a rebalance); the batch is re-read and deduplicated.",
     ["stream"],
 )
+COMMIT_VISIBILITY_TIMEOUTS = Counter(
+    "energy_consumer_commit_visibility_timeouts_total",
+    "Batches whose transactionally committed offsets were not visible in time; "
+    "a takeover in that window may dead-letter a record twice.",
+    ["stream"],
+)
 ABANDONED = Counter(
     "energy_consumer_batches_abandoned_total",
     "Batches given up uncommitted because their partitions moved to another worker.",

@@ -20,52 +20,71 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from consumers import metrics
-from consumers.batch import DecodedBatch, decode_batch
+from consumers.batch import Batch
 from consumers.connection import WriterConnection
-from consumers.dlq import DeadLetterPublisher
+from consumers.dlq import DeadLetterPublisher, Poison
 from consumers.errors import BatchAbandoned, ConsumerError
+from consumers.links import LinkSink
+from consumers.readings import ReadingSink
 from consumers.settings import ConsumerSettings
-from consumers.sink import LinkSink, ReadingSink, WriteResult
+from consumers.sink import Sink, WriteResult
 from consumers.tables import READING_TABLES
 from schemas import Stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: How long a batch waits for its transactionally committed offsets to be visible.
+COMMIT_VISIBILITY_TIMEOUT_S = 30.0
+
+
+def sink_for(stream: Stream, db: WriterConnection) -> Sink:
+    """The sink of ``stream``: readings into their tables, or links."""
+    table = READING_TABLES.get(stream)
+    return LinkSink(db) if table is None else ReadingSink(table, db)
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int:
+    """The consumer group generation ``consumer`` is a member of (-1 before it joined).
+
+    aiokafka has no public API for it, so this is the one place that reads its
+    coordinator's state; ``tests/test_worker.py`` fails if that changes.
+    Raises ``AttributeError`` if aiokafka no longer keeps it there.
+    """
+    generation: int = consumer._coordinator.generation
+    return generation
+
 
 class StreamWorker:
-    """Consumes one stream's topic into PostgreSQL until ``stop`` is set."""
+    """Consumes one stream's topic into its sink until ``stop`` is set."""
 
     def __init__(
         self,
         settings: ConsumerSettings,
         stream: Stream,
         consumer: AIOKafkaConsumer,
-        db: WriterConnection,
+        sink: Sink,
         dead_letters: DeadLetterPublisher,
         stop: asyncio.Event,
     ) -> None:
         self.settings = settings
         self.stream = stream
         self.consumer = consumer
-        self.db = db
+        self.sink = sink
         self.dead_letters = dead_letters
         self.stop = stop
         self.limits = settings.limits()
-        table = READING_TABLES.get(stream)
-        self._readings = ReadingSink(table) if table is not None else None
-        self._links = LinkSink()
         # The batch being written and committed. A rebalance waits for it, so
         # partitions are never handed to another worker with a batch half-done.
         self._inflight: asyncio.Task[None] | None = None
         # Set while a rebalance waits: a batch that cannot be written now is
-        # abandoned instead of retried.
+        # abandoned instead of retried (see ``finish_for_rebalance``).
         self._abandon = False
 
     async def run(self) -> None:
@@ -77,31 +96,22 @@ class StreamWorker:
         """
         try:
             while not self.stop.is_set():
-                data = await self.consumer.getmany(
+                polled = await self.consumer.getmany(
                     timeout_ms=self.settings.batch_max_wait_ms,
                     max_records=self.settings.batch_max_records,
                 )
-                if not data:
+                if not polled:
                     continue
-                decoded = decode_batch(
-                    [record for batch in data.values() for record in batch],
-                    self.stream,
-                    self.limits,
-                )
+                batch = Batch.decode(polled, self.stream, self.limits)
                 await self.drain()
                 # A rebalance may have taken partitions while the previous batch
                 # was written: their records now belong to another worker.
                 assigned = self.consumer.assignment()
-                if any(tp not in assigned for tp in data):
-                    data = {tp: batch for tp, batch in data.items() if tp in assigned}
-                    decoded = decode_batch(
-                        [record for batch in data.values() for record in batch],
-                        self.stream,
-                        self.limits,
-                    )
-                if data:
-                    generation = self._generation()
-                    self._inflight = asyncio.create_task(self.process(data, decoded, generation))
+                if not assigned.issuperset(batch.offsets):
+                    batch = batch.only(assigned)
+                if batch.offsets:
+                    generation = group_generation(self.consumer)
+                    self._inflight = asyncio.create_task(self.process(batch, generation))
         finally:
             await self.drain()
 
@@ -117,87 +127,96 @@ class StreamWorker:
             if self._inflight is inflight:
                 self._inflight = None
 
-    async def process(
-        self, data: dict[TopicPartition, list[Any]], decoded: DecodedBatch, generation: int
-    ) -> None:
-        """Write one decoded batch, dead-letter its poison, then commit its offsets.
+    async def finish_for_rebalance(self) -> None:
+        """Finish the batch in flight before its partitions move to another worker.
 
-        ``generation`` is the consumer group generation the batch was polled in.
+        A batch that cannot be written now (PostgreSQL or Kafka unavailable) is
+        abandoned uncommitted rather than retried: the rebalance must not wait
+        for an outage to end. Its records are read again by the new owner.
+        """
+        self._abandon = True
+        try:
+            await self.drain()
+        finally:
+            self._abandon = False
+
+    async def process(self, batch: Batch, generation: int) -> None:
+        """Write one batch, dead-letter its poison, then commit its offsets.
+
+        ``generation`` is the consumer group generation the batch was polled
+        in. The order, and why each crash point is safe, is in the module
+        docstring. A batch abandoned (rebalance, or shutdown during an outage)
+        is logged and counted; nothing of it is committed.
         """
         try:
-            await self._process(data, decoded, generation)
+            await self._process(batch, generation)
         except BatchAbandoned as exc:
             metrics.ABANDONED.labels(self.stream.value).inc()
             log.warning("batch abandoned, its records will be re-read: %s", exc)
 
-    def _generation(self) -> int:
-        # aiokafka keeps the group generation on its coordinator (no public API).
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        generation: int = getattr(coordinator, "generation", -1)
-        return generation
-
-    async def _process(
-        self, data: dict[TopicPartition, list[Any]], decoded: DecodedBatch, generation: int
-    ) -> None:
+    async def _process(self, batch: Batch, generation: int) -> None:
         label = self.stream.value
-        records = sum(len(batch) for batch in data.values())
-        metrics.EVENTS_CONSUMED.labels(label).inc(records)
-        metrics.BATCH_SIZE.labels(label).observe(records)
+        metrics.EVENTS_CONSUMED.labels(label).inc(batch.records)
+        metrics.BATCH_SIZE.labels(label).observe(batch.records)
 
         started = time.perf_counter()
-        result = await self._retrying("postgresql", lambda: self._write(decoded))
+        result = await self._retrying("postgresql", lambda: self.sink.write(batch))
         metrics.COMMIT_SECONDS.labels(label).observe(time.perf_counter() - started)
-        if decoded.newest is not None:
-            age = (datetime.now(UTC) - decoded.newest).total_seconds()
-            metrics.EVENT_AGE_SECONDS.labels(label).observe(max(age, 0.0))
-        for rejected in result.rejected:
-            decoded.reject(rejected.index, rejected.error_class, rejected.reason)
 
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in data.items()}
-        if decoded.poison:
-            # Dead letters and offsets in one Kafka transaction: exactly once.
-            assigned = set(offsets)
-
-            def still_owner() -> bool:
-                return self._generation() == generation and assigned <= self.consumer.assignment()
-
-            await self._retrying(
-                "kafka",
-                lambda: self.dead_letters.publish_and_commit(decoded.poison, offsets, still_owner),
-            )
-            await self._until_committed(offsets)
-            for poison in decoded.poison:
-                metrics.DEAD_LETTERED.labels(label, poison.error_class).inc()
-                log.warning(
-                    "dead-lettered %s[%d]@%d: %s: %s",
-                    poison.topic,
-                    poison.partition,
-                    poison.offset,
-                    poison.error_class,
-                    poison.reason,
-                )
+        poison = [
+            *batch.poison,
+            *(Poison.of(r.source, r.error_class, r.reason) for r in result.rejected),
+        ]
+        if poison:
+            await self._dead_letter_and_commit(poison, batch.offsets, generation)
         else:
-            await self._commit(offsets)
+            await self._commit(batch.offsets)
+        self._observe(batch, result, poison)
+
+    async def _dead_letter_and_commit(
+        self, poison: list[Poison], offsets: dict[TopicPartition, int], generation: int
+    ) -> None:
+        """Dead letters and offsets in one Kafka transaction: exactly once."""
+        assigned = set(offsets)
+
+        def still_owner() -> bool:
+            return (
+                group_generation(self.consumer) == generation
+                and assigned <= self.consumer.assignment()
+            )
+
+        await self._retrying(
+            "kafka", lambda: self.dead_letters.publish_and_commit(poison, offsets, still_owner)
+        )
+        await self._until_committed(offsets)
+        for p in poison:
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                p.topic,
+                p.partition,
+                p.offset,
+                p.error_class,
+                p.reason,
+            )
+
+    def _observe(self, batch: Batch, result: WriteResult, poison: list[Poison]) -> None:
+        label = self.stream.value
+        if batch.newest is not None:
+            age = (datetime.now(UTC) - batch.newest).total_seconds()
+            metrics.EVENT_AGE_SECONDS.labels(label).observe(max(age, 0.0))
         metrics.EVENTS_WRITTEN.labels(label).inc(result.inserted)
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
-        self._observe_lag(offsets)
-
-    async def _write(self, decoded: DecodedBatch) -> WriteResult:
-        conn = await self.db.get()
-        try:
-            if self._readings is not None:
-                return await self._readings.write(conn, decoded.rows)
-            return await self._links.write(conn, decoded.links)
-        except ConsumerError:
-            await self.db.discard()
-            raise
+        for p in poison:
+            metrics.DEAD_LETTERED.labels(label, p.error_class).inc()
+        self._observe_lag(batch.offsets)
 
     async def _retrying(self, cause: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, backing off on retriable errors.
 
         While retrying, the assigned partitions are paused, so no new records
-        are buffered. If ``stop`` is set meanwhile, the error is raised and
-        offsets stay as they were: the batch will be read again. (An outage
+        are buffered. If ``stop`` is set meanwhile, or a rebalance is waiting,
+        :class:`BatchAbandoned` is raised and offsets stay as they were: the
+        batch will be read again. A non-retriable error is raised as it is. (An outage
         longer than ``max.poll.interval.ms`` costs the group membership; the
         commit is then refused and the rows, already stored, are re-read and
         dropped as duplicates.)
@@ -265,16 +284,29 @@ class StreamWorker:
         commits. Until then a worker taking over the partition would read the
         older offset and dead-letter the same poison again, so a batch counts
         as finished (and a rebalance may proceed) only once they are visible.
+        After ``COMMIT_VISIBILITY_TIMEOUT_S`` the worker goes on, logs it and
+        counts it: a takeover in that window could dead-letter a record twice.
         """
-        deadline = time.monotonic() + 30
-        for tp, offset in offsets.items():
-            while time.monotonic() < deadline:
+        deadline = time.monotonic() + COMMIT_VISIBILITY_TIMEOUT_S
+        pending = dict(offsets)
+        while pending:
+            for tp, offset in list(pending.items()):
                 try:
                     if await self.consumer.committed(tp) == offset:
-                        break
+                        del pending[tp]
                 except KafkaError as exc:
                     log.warning("cannot read committed offset of %s yet: %r", tp, exc)
-                await asyncio.sleep(0.02)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                metrics.COMMIT_VISIBILITY_TIMEOUTS.labels(self.stream.value).inc()
+                log.warning(
+                    "committed offsets not visible after %.0f s, going on: %s",
+                    COMMIT_VISIBILITY_TIMEOUT_S,
+                    {f"{tp.topic}[{tp.partition}]": o for tp, o in pending.items()},
+                )
+                return
+            await asyncio.sleep(0.02)
 
     def _observe_lag(self, committed: dict[TopicPartition, int]) -> None:
         assigned = self.consumer.assignment()
@@ -287,7 +319,7 @@ class StreamWorker:
                 metrics.CONSUMER_LAG.labels(self.stream.value, str(tp.partition)).set(lag)
 
 
-class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints, so its base class is Any
     """Lets a rebalance take partitions only between batches (after their commit)."""
 
     def __init__(self, worker: StreamWorker) -> None:
@@ -296,11 +328,7 @@ class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Wait for the batch in flight to be committed (or abandoned, if it cannot be)."""
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-        self._worker._abandon = True
-        try:
-            await self._worker.drain()
-        finally:
-            self._worker._abandon = False
+        await self._worker.finish_for_rebalance()
         for tp in revoked:
             # The new owner reports this partition's lag from now on.
             with contextlib.suppress(KeyError):

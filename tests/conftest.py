@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -16,7 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from consumers.batch import Batch, Entry
+from consumers.connection import WriterConnection
 from consumers.migrate import prepare_database
+from consumers.sink import WriteResult
+from consumers.worker import sink_for
 from deploy.local.services import (
     ROOT,
     Services,
@@ -25,7 +30,7 @@ from deploy.local.services import (
     session_services,
     with_database,
 )
-from schemas import TopicNames, dlq_topic
+from schemas import Stream, TopicNames, dlq_topic
 from tests.kafka_tools import create_topics, delete_topics
 
 TEMPLATE_DB = "energy_test_template"
@@ -212,3 +217,27 @@ def analytics(env: ModuleEnv) -> Iterator[Any]:
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200)
         yield client
+
+
+def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> list[WriteResult]:
+    """Write ``batches`` (history rows, or links) through ``stream``'s sink, as a worker does.
+
+    Each item's source record is named ``"<batch>:<index>"``, so a rejected
+    item can be traced back to where it was.
+    """
+
+    async def run() -> list[WriteResult]:
+        async with WriterConnection(env.writer_url) as db:
+            sink = sink_for(stream, db)
+            results = []
+            for b, items in enumerate(batches):
+                entries = [Entry(item, f"{b}:{i}") for i, item in enumerate(items)]
+                batch = (
+                    Batch(offsets={}, links=entries)
+                    if stream is Stream.LINKS
+                    else Batch(offsets={}, readings=entries)
+                )
+                results.append(await sink.write(batch))
+            return results
+
+    return asyncio.run(run())

@@ -7,7 +7,6 @@ whole numbers, so every sum is exact whatever the order of addition.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import random
@@ -16,12 +15,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from psycopg import AsyncConnection
 
-from consumers.sink import LinkSink, ReadingSink
-from consumers.tables import METER_TABLE, VEHICLE_TABLE
-from schemas import VehicleMeterLink
-from tests.conftest import ModuleEnv
+from schemas import Stream, VehicleMeterLink
+from tests.conftest import ModuleEnv, write_batches
 
 HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
 MINUTES = 28 * 60  # readings from HOUR0 for 28 hours
@@ -29,15 +25,6 @@ MINUTES = 28 * 60  # readings from HOUR0 for 28 hours
 
 def at(minute: float) -> datetime:
     return HOUR0 + timedelta(minutes=minute)
-
-
-def _write(env: ModuleEnv, sink: Any, batches: list[list[Any]]) -> None:
-    async def run() -> None:
-        async with await AsyncConnection.connect(env.writer_url) as conn:
-            for batch in batches:
-                await sink.write(conn, batch)
-
-    asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +45,8 @@ def fleet_data(env: ModuleEnv) -> dict[str, Any]:
     # Replays of whole batches and a batch of duplicates with other values.
     batches_v += [*batches_v[3:6], [(r[0], r[1], 1.0, 9.0, 99.0) for r in vrows[:500]]]
     batches_m += [*batches_m[:2], [(r[0], r[1], 9.0, 231.0) for r in mrows[100:900]]]
-    _write(env, ReadingSink(VEHICLE_TABLE), batches_v)
-    _write(env, ReadingSink(METER_TABLE), batches_m)
+    write_batches(env, Stream.VEHICLE, batches_v)
+    write_batches(env, Stream.METER, batches_m)
     links = [
         VehicleMeterLink(vehicle_id="AV1", meter_id="AM1", valid_from=at(-60)),
         VehicleMeterLink(vehicle_id="AV2", meter_id="AM2", valid_from=at(-60)),
@@ -67,7 +54,7 @@ def fleet_data(env: ModuleEnv) -> dict[str, Any]:
         VehicleMeterLink(vehicle_id="AV2", meter_id="AM3", valid_from=at(10 * 60 + 17)),
         VehicleMeterLink(vehicle_id="AV3", meter_id="AM4", valid_from=at(-60)),
     ]
-    _write(env, LinkSink(), [links])
+    write_batches(env, Stream.LINKS, [links])
     return {"vehicles": vehicles, "meters": meters}
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection
-
-from consumers.sink import LinkSink, ReadingSink, WriteResult
-from consumers.tables import METER_TABLE, VEHICLE_TABLE
-from schemas import VehicleMeterLink
-from tests.conftest import ModuleEnv
+from consumers.sink import WriteResult
+from schemas import Stream, VehicleMeterLink
+from tests.conftest import ModuleEnv, write_batches
 
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
 
@@ -20,26 +16,20 @@ def _minute(n: int) -> datetime:
     return T0 + timedelta(minutes=n)
 
 
-def _write(env: ModuleEnv, sink: Any, items: list[Any]) -> WriteResult:
-    async def run() -> WriteResult:
-        async with await AsyncConnection.connect(env.writer_url) as conn:
-            result: WriteResult = await sink.write(conn, items)
-            return result
-
-    return asyncio.run(run())
+def _write(env: ModuleEnv, stream: Stream, items: list[Any]) -> WriteResult:
+    return write_batches(env, stream, [items])[0]
 
 
 def test_copy_then_duplicates_are_dropped_first_write_wins(env: ModuleEnv) -> None:
-    sink = ReadingSink(METER_TABLE)
     first = [("dup-m", _minute(i), 0.5, 230.0) for i in range(3)]
-    assert _write(env, sink, first) == WriteResult(inserted=3, duplicates=0)
+    assert _write(env, Stream.METER, first) == WriteResult(inserted=3, duplicates=0)
     # A replay with changed values, one new row, and a repeat inside the batch.
     again = [
         ("dup-m", _minute(1), 9.0, 231.0),
         ("dup-m", _minute(3), 0.25, 232.0),
         ("dup-m", _minute(3), 7.0, 233.0),
     ]
-    assert _write(env, sink, again) == WriteResult(inserted=1, duplicates=2)
+    assert _write(env, Stream.METER, again) == WriteResult(inserted=1, duplicates=2)
     rows = env.query(
         "SELECT recorded_at, kwh_consumed_ac FROM meter_readings_history"
         " WHERE meter_id = 'dup-m' ORDER BY recorded_at"
@@ -51,18 +41,17 @@ def test_copy_then_duplicates_are_dropped_first_write_wins(env: ModuleEnv) -> No
 
 
 def test_live_status_keeps_the_newest_device_time(env: ModuleEnv) -> None:
-    sink = ReadingSink(VEHICLE_TABLE)
-    _write(env, sink, [("late-v", _minute(10), 50.0, 1.0, 30.0)])
+    _write(env, Stream.VEHICLE, [("late-v", _minute(10), 50.0, 1.0, 30.0)])
     # Older and equal readings arrive later: live status must not move.
     _write(
         env,
-        sink,
+        Stream.VEHICLE,
         [("late-v", _minute(5), 40.0, 1.0, 31.0), ("late-v", _minute(10), 99.0, 1.0, 32.0)],
     )
     assert env.query(
         "SELECT soc, recorded_at FROM vehicle_live_status WHERE vehicle_id = 'late-v'"
     ) == [(50.0, _minute(10))]
-    _write(env, sink, [("late-v", _minute(11), 51.0, 1.0, 33.0)])
+    _write(env, Stream.VEHICLE, [("late-v", _minute(11), 51.0, 1.0, 33.0)])
     assert env.query("SELECT soc FROM vehicle_live_status WHERE vehicle_id = 'late-v'") == [(51.0,)]
     assert env.query(
         "SELECT count(*) FROM vehicle_readings_history WHERE vehicle_id = 'late-v'"
@@ -70,12 +59,11 @@ def test_live_status_keeps_the_newest_device_time(env: ModuleEnv) -> None:
 
 
 def test_a_row_the_database_refuses_is_isolated_and_the_rest_written(env: ModuleEnv) -> None:
-    sink = ReadingSink(VEHICLE_TABLE)
     rows = [("bad-v", _minute(i), 50.0, 0.5, 30.0) for i in range(9)]
     rows[6] = ("bad-v", _minute(6), 150.0, 0.5, 30.0)  # soc out of range: a CHECK violation
-    result = _write(env, sink, rows)
+    result = _write(env, Stream.VEHICLE, rows)
     assert result.inserted == 8
-    assert [r.index for r in result.rejected] == [6]
+    assert [r.source for r in result.rejected] == ["0:6"]
     assert "vehicle_readings_history_soc_check" in result.rejected[0].reason
     assert env.query(
         "SELECT count(*), sum(kwh_delivered_dc) FROM vehicle_readings_history"
@@ -84,16 +72,18 @@ def test_a_row_the_database_refuses_is_isolated_and_the_rest_written(env: Module
 
 
 def test_links_replay_close_and_conflict(env: ModuleEnv) -> None:
-    sink = LinkSink()
     a = VehicleMeterLink(vehicle_id="lv", meter_id="m-a", valid_from=_minute(0))
     b = VehicleMeterLink(vehicle_id="lv", meter_id="m-b", valid_from=_minute(60))
     clash = VehicleMeterLink(vehicle_id="lv", meter_id="m-c", valid_from=_minute(60))
     overlap = VehicleMeterLink(
         vehicle_id="lv", meter_id="m-d", valid_from=_minute(30), valid_to=_minute(90)
     )
-    result = _write(env, sink, [a, b, a, b, clash, overlap])
+    result = _write(env, Stream.LINKS, [a, b, a, b, clash, overlap])
     assert (result.inserted, result.duplicates) == (2, 2)
-    assert [(r.index, r.error_class) for r in result.rejected] == [(4, "conflict"), (5, "database")]
+    assert [(r.source, r.error_class) for r in result.rejected] == [
+        ("0:4", "conflict"),
+        ("0:5", "database"),
+    ]
     assert "vehicle_meter_links_no_overlap" in result.rejected[1].reason
     assert env.query(
         "SELECT meter_id, valid_from, valid_to FROM vehicle_meter_links"

@@ -51,9 +51,17 @@ def _stored(env: ModuleEnv, meter_id: str) -> int:
 
 
 def test_workers_stop_gracefully_on_sigterm(env: ModuleEnv) -> None:
-    workers = [env.start_consumer(stream) for stream in ("meter", "vehicle", "links")]
+    ports = {stream: free_port() for stream in ("meter", "vehicle", "links")}
+    workers = [
+        env.start_consumer(stream, CONSUMER_METRICS_PORT=str(port))
+        for stream, port in ports.items()
+    ]
+    # Every worker has joined its group (so its signal handlers are installed).
+    wait_for(
+        lambda: all(_metric(p, "energy_consumer_assigned_partitions") > 0 for p in ports.values())
+    )
     produce(env.services.kafka_bootstrap, env.topics.meter, [(b"LC-1", _reading("LC-1", 1))])
-    # The meter worker has joined its group and written a batch: it is really running.
+    # The meter worker has written a batch: it is really working.
     wait_for(lambda: _stored(env, "LC-1") == 1)
     for proc in workers:
         proc.send_signal(signal.SIGTERM)

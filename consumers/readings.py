@@ -1,0 +1,180 @@
+"""The readings' sink: history by COPY, hourly rollups, live status by one multi-row upsert.
+
+Each write is ONE transaction. Inside it:
+
+1. rows repeated within the batch are dropped (first occurrence wins);
+2. history gets a straight binary COPY (the fast path); if any row is already
+   stored, a unique violation rolls back to a savepoint and the rows go through
+   a staging table with ``ON CONFLICT DO NOTHING`` (the duplicate-tolerant path);
+3. a row the database refuses as invalid is isolated by bisection inside
+   savepoints and reported as rejected, while the rest of the batch is written;
+4. the hourly rollups get the counts and sums of the rows actually inserted
+   (a replayed row was not inserted, so it is never counted twice);
+5. live status is upserted from the newest reading per device.
+
+Transient failures (connection lost, server restarting, serialization or
+deadlock, statement timeout) raise :class:`SinkUnavailable`: nothing was
+committed and the same batch can be written again. Links are applied by
+:mod:`consumers.links`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from psycopg import AsyncConnection, errors, sql
+
+from consumers.batch import Batch, Entry
+from consumers.connection import WriterConnection, in_transaction
+from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
+from consumers.tables import ReadingTable, Row, row_key
+
+#: The event of an entry (at C speed, for whole batches).
+_value = operator.itemgetter(0)
+
+
+class ReadingSink:
+    """Writes batches of one reading stream into its history, rollup and live tables."""
+
+    def __init__(self, table: ReadingTable, db: WriterConnection) -> None:
+        self.table = table
+        self._db = db
+        self._copy = table.copy_history()
+        self._copy_staging = table.copy_history(table.staging)
+        self._create_staging = table.create_staging()
+        self._merge = table.merge_staging()
+        self._upsert = table.upsert_live()
+        self._rollup = table.upsert_rollup()
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Store the batch's readings; see :meth:`store`."""
+        return await self._db.run(lambda conn: self.store(conn, batch.readings))
+
+    async def store(self, conn: AsyncConnection, entries: Sequence[Entry[Row]]) -> WriteResult:
+        """Store ``entries`` in one transaction on ``conn``; the module docstring gives the order.
+
+        Safe to retry: a replayed batch inserts nothing twice and leaves live
+        status unchanged. Raises :class:`SinkUnavailable`.
+        """
+
+        async def work() -> WriteResult:
+            unique, duplicates = _first_occurrences(entries)
+            inserted, refused = await self._insert(conn, unique)
+            await self._add_to_rollup(conn, inserted)
+            if refused:
+                gone = {id(entry) for entry, _ in refused}
+                unique = [e for e in unique if id(e) not in gone]
+            await self._upsert_live(conn, list(map(_value, unique)))
+            duplicates += len(unique) - len(inserted)
+            rejected = [Rejected(entry.source, "database", reason) for entry, reason in refused]
+            return WriteResult(len(inserted), duplicates, rejected)
+
+        return await in_transaction(conn, work)
+
+    async def _insert(
+        self, conn: AsyncConnection, entries: list[Entry[Row]]
+    ) -> tuple[list[Row], list[tuple[Entry[Row], str]]]:
+        """The rows really inserted, and the entries the database refused, with why."""
+        if not entries:
+            return [], []
+        try:
+            async with conn.transaction():
+                return await self._copy_or_merge(conn, list(map(_value, entries))), []
+        except INVALID_ROW_ERRORS as exc:
+            if len(entries) == 1:
+                return [], [(entries[0], describe(exc))]
+            # Bisect: each half in its own savepoint, so one bad row costs
+            # log2(batch) retries instead of the whole batch.
+            mid = len(entries) // 2
+            left, left_rej = await self._insert(conn, entries[:mid])
+            right, right_rej = await self._insert(conn, entries[mid:])
+            return left + right, left_rej + right_rej
+
+    async def _copy_or_merge(self, conn: AsyncConnection, rows: list[Row]) -> list[Row]:
+        try:
+            async with conn.transaction():
+                await self._copy_rows(conn, self._copy, rows)
+        except errors.UniqueViolation:
+            pass
+        else:
+            return rows
+        # Some rows are stored already (a replay or a device retry): stage
+        # everything and keep only what is new.
+        await conn.execute(self._create_staging)
+        await self._copy_rows(conn, self._copy_staging, rows)
+        cur = await conn.execute(self._merge)
+        inserted: list[Row] = await cur.fetchall()
+        await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table.staging)))
+        return inserted
+
+    async def _add_to_rollup(self, conn: AsyncConnection, inserted: list[Row]) -> None:
+        deltas = hourly_deltas(inserted, self.table.rollup_sums)
+        if not deltas:
+            return
+        # Sorted by key, so concurrent writers lock rollup rows in one order.
+        deltas.sort(key=lambda row: (row[0], row[1]))
+        columns = [list(col) for col in zip(*deltas, strict=True)]
+        await conn.execute(self._rollup, columns)
+
+    async def _copy_rows(
+        self, conn: AsyncConnection, statement: sql.Composed, rows: list[Row]
+    ) -> None:
+        async with conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types(self.table.copy_types)
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _upsert_live(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        newest = coalesce_latest(rows)
+        if not newest:
+            return
+        # Sorted by device id, so concurrent writers lock rows in one order.
+        newest.sort(key=lambda row: row[0])
+        columns = [list(col) for col in zip(*newest, strict=True)]
+        await conn.execute(self._upsert, columns)
+
+
+def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> list[Row]:
+    """Per (device, UTC hour): the hour, the number of rows, and each summed value."""
+    acc: dict[tuple[str, int], list[float]] = {}
+    indexes = [index for _, index in sums]
+    for row in rows:
+        key = (row[0], int(row[1].timestamp()) // 3600)
+        slot = acc.get(key)
+        if slot is None:
+            acc[key] = [1, *(row[i] for i in indexes)]
+        else:
+            slot[0] += 1
+            for n, i in enumerate(indexes, start=1):
+                slot[n] += row[i]
+    return [
+        (device, datetime.fromtimestamp(hour * 3600, UTC), int(slot[0]), *slot[1:])
+        for (device, hour), slot in acc.items()
+    ]
+
+
+def coalesce_latest(rows: Sequence[Row]) -> list[Row]:
+    """The newest row per device (by device timestamp; the first on a tie)."""
+    latest: dict[str, Row] = {}
+    for row in rows:
+        current = latest.get(row[0])
+        if current is None or row[1] > current[1]:
+            latest[row[0]] = row
+    return list(latest.values())
+
+
+def _first_occurrences(entries: Sequence[Entry[Row]]) -> tuple[list[Entry[Row]], int]:
+    """The entries whose (device, timestamp) is not repeated earlier in the batch."""
+    # The common case, no repeats, is decided at C speed.
+    keys = list(map(row_key, map(_value, entries)))
+    if len(set(keys)) == len(entries):
+        return list(entries), 0
+    seen: set[object] = set()
+    unique: list[Entry[Row]] = []
+    for key, entry in zip(keys, entries, strict=True):
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    return unique, len(entries) - len(unique)

@@ -1,0 +1,122 @@
+"""From polled records to a batch: valid entries keep their record, poison its reason.
+
+No services: records are built as aiokafka hands them to the worker.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from consumers.batch import Batch
+from schemas import DEFAULT_LIMITS, Stream, VehicleMeterLink
+
+TOPIC = "telemetry.vehicle.v1"
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+def record(
+    partition: int, offset: int, value: bytes, topic: str = TOPIC
+) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k%d" % offset,
+        value=value,
+        checksum=None,
+        serialized_key_size=3,
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+def vehicle(vehicle_id: str, minutes_ago: int, kwh: float = 0.5) -> bytes:
+    stamp = NOW - timedelta(minutes=minutes_ago)
+    return orjson.dumps(
+        {
+            "vehicleId": vehicle_id,
+            "soc": 50,
+            "kwhDeliveredDc": kwh,
+            "batteryTemp": 30,
+            "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        }
+    )
+
+
+def polled() -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+    return {
+        TopicPartition(TOPIC, 0): [
+            record(0, 10, vehicle("B1", 5)),
+            record(0, 11, b"{not json"),
+            record(0, 12, vehicle("B1", 1, kwh=0.25)),
+        ],
+        TopicPartition(TOPIC, 2): [
+            record(2, 40, vehicle("B2", 3)),
+            record(
+                2,
+                41,
+                b'{"meterId": "M", "kwhConsumedAc": 1, "voltage": 230,'
+                b' "timestamp": "2026-01-01T00:00:00Z"}',
+            ),
+        ],
+    }
+
+
+def test_decode_keeps_each_valid_event_with_its_record_and_each_poison_with_why() -> None:
+    batch = Batch.decode(polled(), Stream.VEHICLE, DEFAULT_LIMITS)
+    assert batch.offsets == {TopicPartition(TOPIC, 0): 13, TopicPartition(TOPIC, 2): 42}
+    assert batch.records == 5
+    assert [(e.source.partition, e.source.offset) for e in batch.readings] == [
+        (0, 10),
+        (0, 12),
+        (2, 40),
+    ]
+    assert [e.value[:2] for e in batch.readings] == [
+        ("B1", NOW - timedelta(minutes=5)),
+        ("B1", NOW - timedelta(minutes=1)),
+        ("B2", NOW - timedelta(minutes=3)),
+    ]
+    assert batch.readings[1].value[3] == 0.25
+    assert batch.newest == NOW - timedelta(minutes=1)
+    assert [(p.partition, p.offset, p.error_class) for p in batch.poison] == [
+        (0, 11, "json"),
+        (2, 41, "shape"),
+    ]
+    assert batch.poison[0].value == b"{not json"
+    assert batch.poison[0].key == b"k11"
+    assert "meter event does not belong on the vehicle stream" in batch.poison[1].reason
+    assert batch.links == []
+
+
+def test_links_decode_to_links() -> None:
+    value = orjson.dumps({"vehicleId": "V", "meterId": "M", "validFrom": "2026-01-01T00:00:00Z"})
+    source = record(1, 7, value, topic="fleet.links.v1")
+    batch = Batch.decode(
+        {TopicPartition("fleet.links.v1", 1): [source]}, Stream.LINKS, DEFAULT_LIMITS
+    )
+    assert batch.readings == []
+    assert batch.poison == []
+    assert [(type(e.value), e.source) for e in batch.links] == [(VehicleMeterLink, source)]
+    assert batch.newest is None
+
+
+def test_only_drops_the_records_of_revoked_partitions_without_decoding_again() -> None:
+    batch = Batch.decode(polled(), Stream.VEHICLE, DEFAULT_LIMITS)
+    kept = batch.only({TopicPartition(TOPIC, 2), TopicPartition(TOPIC, 5)})
+    assert kept.offsets == {TopicPartition(TOPIC, 2): 42}
+    assert [e.source.offset for e in kept.readings] == [40]
+    assert [p.offset for p in kept.poison] == [41]
+    assert kept.records == 2
+    assert kept.newest == NOW - timedelta(minutes=3)
+    # The same entry objects: nothing was decoded again.
+    assert kept.readings[0] is batch.readings[2]
+    nothing = batch.only(set())
+    assert (nothing.offsets, nothing.readings, nothing.poison, nothing.records) == ({}, [], [], 0)
+    assert nothing.newest is None

@@ -17,11 +17,17 @@ from aiokafka import TopicPartition
 from consumers.dlq import Poison
 from consumers.tables import READING_TABLES, Row
 from schemas import InvalidEvent, Stream, ValidationLimits, VehicleMeterLink, decode_event
+from schemas.rows import RowDecoder
 
 T = TypeVar("T")
 
 #: A record as aiokafka returns it (``ConsumerRecord``: topic, partition, offset, key, value).
 Record = Any
+
+
+def _recorded_at(entry: Entry[Row]) -> datetime:
+    recorded_at: datetime = entry.value[1]
+    return recorded_at
 
 
 class Entry(NamedTuple, Generic[T]):
@@ -57,29 +63,42 @@ class Batch:
     ) -> Batch:
         """Validate each polled record with the gateway's rules; never raises."""
         offsets = {tp: records[-1].offset + 1 for tp, records in polled.items() if records}
-        batch = cls(offsets=offsets)
+        batch = cls(offsets=offsets, records=sum(map(len, polled.values())))
         table = READING_TABLES.get(stream)
-        # One clock reading per batch for the future-skew rule, not one per event.
-        limits = replace(limits, now=datetime.now(UTC))
-        readings, links, poison = batch.readings, batch.links, batch.poison
-        newest = None
+        if table is None:
+            batch._decode_links(polled, limits)
+        else:
+            batch._decode_readings(polled, table.decoder(limits))
+        return batch
+
+    def _decode_readings(
+        self, polled: Mapping[TopicPartition, Sequence[Record]], decode: RowDecoder
+    ) -> None:
+        readings, poison = self.readings, self.poison
         for records in polled.values():
-            batch.records += len(records)
             for record in records:
                 try:
-                    event = decode_event(record.value or b"", stream, limits)
+                    row = decode(record.value or b"")
                 except InvalidEvent as exc:
                     poison.append(Poison.of(record, exc.error_class, exc.reason))
                     continue
-                if isinstance(event, VehicleMeterLink):
-                    links.append(Entry(event, record))
+                readings.append(Entry(row, record))
+        if readings:
+            self.newest = max(map(_recorded_at, readings))
+
+    def _decode_links(
+        self, polled: Mapping[TopicPartition, Sequence[Record]], limits: ValidationLimits
+    ) -> None:
+        limits = replace(limits, now=datetime.now(UTC))
+        for records in polled.values():
+            for record in records:
+                try:
+                    link = decode_event(record.value or b"", Stream.LINKS, limits)
+                except InvalidEvent as exc:
+                    self.poison.append(Poison.of(record, exc.error_class, exc.reason))
                     continue
-                assert table is not None  # noqa: S101 -- decode_event returned a reading
-                readings.append(Entry(table.to_row(event), record))
-                if newest is None or event.timestamp > newest:
-                    newest = event.timestamp
-        batch.newest = newest
-        return batch
+                assert isinstance(link, VehicleMeterLink)  # noqa: S101 -- the links stream decodes links
+                self.links.append(Entry(link, record))
 
     def only(self, partitions: Collection[TopicPartition]) -> Batch:
         """This batch less the records of partitions not in ``partitions`` (revoked meanwhile)."""
@@ -97,5 +116,5 @@ class Batch:
             links=links,
             poison=poison,
             records=len(readings) + len(links) + len(poison),
-            newest=max((e.value[1] for e in readings), default=None),
+            newest=max(map(_recorded_at, readings), default=None),
         )

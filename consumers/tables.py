@@ -14,7 +14,8 @@ from typing import Any
 
 from psycopg import sql
 
-from schemas import MeterReading, Reading, Stream, VehicleReading
+from schemas import Stream, ValidationLimits
+from schemas.rows import RowDecoder
 
 #: One history row: device id, device timestamp, then the stream's values.
 Row = tuple[Any, ...]
@@ -30,7 +31,8 @@ class ReadingTable:
     key: str
     values: tuple[str, ...]
     pg_types: tuple[str, ...]
-    to_row: Callable[[Reading], Row]
+    #: The reading's model fields, in row order: device id, timestamp, then ``values``.
+    fields: tuple[str, ...]
     rollup: str
     #: Rollup sum columns and the index, in a history row, of the value each sums.
     rollup_sums: tuple[tuple[str, int], ...]
@@ -39,6 +41,10 @@ class ReadingTable:
     def columns(self) -> tuple[str, ...]:
         """History/live columns in COPY order: key, recorded_at, values."""
         return (self.key, "recorded_at", *self.values)
+
+    def decoder(self, limits: ValidationLimits) -> RowDecoder:
+        """Record value -> history row, under ``limits`` (build one per batch)."""
+        return RowDecoder(self.stream, self.fields, limits)
 
     def copy_history(self, table: str | None = None) -> sql.Composed:
         """``COPY <history> (...) FROM STDIN (FORMAT BINARY)``."""
@@ -121,22 +127,6 @@ class ReadingTable:
         return ["text", "timestamptz", *self.pg_types]
 
 
-def _meter_row(event: Reading) -> Row:
-    assert isinstance(event, MeterReading)  # noqa: S101 -- the table is chosen by stream
-    return (event.meter_id, event.timestamp, event.kwh_consumed_ac, event.voltage)
-
-
-def _vehicle_row(event: Reading) -> Row:
-    assert isinstance(event, VehicleReading)  # noqa: S101 -- the table is chosen by stream
-    return (
-        event.vehicle_id,
-        event.timestamp,
-        event.soc,
-        event.kwh_delivered_dc,
-        event.battery_temp,
-    )
-
-
 METER_TABLE = ReadingTable(
     stream=Stream.METER,
     history="meter_readings_history",
@@ -144,7 +134,7 @@ METER_TABLE = ReadingTable(
     key="meter_id",
     values=("kwh_consumed_ac", "voltage"),
     pg_types=("float8", "float8"),
-    to_row=_meter_row,
+    fields=("meter_id", "timestamp", "kwh_consumed_ac", "voltage"),
     rollup="meter_hourly_rollup",
     rollup_sums=(("kwh_consumed_ac", 2),),
 )
@@ -156,7 +146,7 @@ VEHICLE_TABLE = ReadingTable(
     key="vehicle_id",
     values=("soc", "kwh_delivered_dc", "battery_temp"),
     pg_types=("float8", "float8", "float8"),
-    to_row=_vehicle_row,
+    fields=("vehicle_id", "timestamp", "soc", "kwh_delivered_dc", "battery_temp"),
     rollup="vehicle_hourly_rollup",
     rollup_sums=(("kwh_delivered_dc", 3), ("battery_temp_sum", 4)),
 )

@@ -7,7 +7,7 @@ numbers belong and out-of-range values are all rejected.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import (
@@ -45,17 +45,19 @@ def _limits(info: ValidationInfo) -> ValidationLimits:
     return context if isinstance(context, ValidationLimits) else DEFAULT_LIMITS
 
 
-def _check_recent(value: datetime, info: ValidationInfo) -> datetime:
+def check_recent(value: datetime, info: ValidationInfo) -> datetime:
+    """A reading's time lies in the limits' window (see :meth:`ValidationLimits.window`)."""
     limits = _limits(info)
-    now = limits.now or datetime.now(UTC)
-    if value - now > limits.max_future:
+    earliest, latest = limits.window()
+    if value > latest:
         raise ValueError(f"is more than {int(limits.max_future.total_seconds())} s in the future")
-    if now - value > limits.retention:
+    if value < earliest:
         raise ValueError(f"is older than the history's retention of {limits.retention.days} days")
     return value
 
 
-def _check_energy(value: float, info: ValidationInfo) -> float:
+def check_energy(value: float, info: ValidationInfo) -> float:
+    """One interval's energy is at most the limits' plausible cap."""
     cap = _limits(info).max_kwh_per_reading
     if value > cap:
         raise ValueError(f"exceeds the plausible energy of one minute ({cap} kWh)")
@@ -69,11 +71,11 @@ _IsoTime = Annotated[AwareDatetime, Field(strict=True)]
 
 #: A reading's device time: ISO 8601 with an offset or Z, not too far in the
 #: future, not older than the retention.
-Timestamp = Annotated[_IsoTime, AfterValidator(_check_recent)]
+Timestamp = Annotated[_IsoTime, AfterValidator(check_recent)]
 #: A link boundary: ISO 8601 with an offset or Z; may lie in the future (planned links).
 LinkTime = _IsoTime
 #: Energy of one one-minute interval, kWh.
-Energy = Annotated[Number, Field(ge=0), AfterValidator(_check_energy)]
+Energy = Annotated[Number, Field(ge=0), AfterValidator(check_energy)]
 
 
 class _Event(BaseModel):

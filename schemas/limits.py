@@ -9,7 +9,7 @@ it to :func:`schemas.decode_event`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 #: Energy of one one-minute interval above this is implausible: a 350 kW DC
 #: fast charger delivers about 5.8 kWh in a minute.
@@ -32,6 +32,15 @@ class ValidationLimits:
     #: Readings older than this are refused (they are past the history's retention).
     retention: timedelta = DEFAULT_RETENTION
     now: datetime | None = None
+
+    def window(self) -> tuple[datetime, datetime]:
+        """The earliest and the latest acceptable reading time, both inclusive.
+
+        A reading more than ``max_future`` ahead of ``now`` (or the wall clock)
+        is refused, and so is one more than ``retention`` behind it.
+        """
+        now = self.now or datetime.now(UTC)
+        return now - self.retention, now + self.max_future
 
 
 DEFAULT_LIMITS = ValidationLimits()

@@ -60,6 +60,10 @@ schemas: venv
 
 bench: bench-consumer bench-gateway bench-analytics bench-freshness
 
+# Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
+# DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
+# BENCH_KAFKA_CONTROLLER_PORT (59093) and BENCH_PG_PORT (55432).
+
 # BENCH_CONSUMER_ARGS e.g. "--events 500000".
 bench-consumer: venv
 	@$(PY) -m bench.consumer_throughput $(BENCH_CONSUMER_ARGS)
@@ -79,7 +83,7 @@ bench-freshness: venv
 	@$(PY) -m bench.freshness $(BENCH_FRESHNESS_ARGS)
 
 demo: venv
-	@$(PY) -m bench.demo $(DEMO_ARGS)
+	@$(PY) -m deploy.simulator.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

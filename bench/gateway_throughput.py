@@ -55,12 +55,13 @@ from typing import Any
 
 import orjson
 
-from bench.devstack import DevStack
 from bench.gateway_process import GatewayProcess, kafka_topics
-from bench.http1 import Endpoint, build_request
-from bench.procstat import CpuMeter, rss_mb
-from bench.simulator import Fleet, FleetConfig, accelerated_window
-from bench.simulator.fleet import SimEvent
+from bench.procstat import CpuMeter, PeakRss
+from deploy.local.devstack import DevStack
+from deploy.local.services import BENCH_STACK, session_services
+from deploy.simulator import Fleet, FleetConfig, accelerated_window
+from deploy.simulator.fleet import SimEvent
+from deploy.simulator.http1 import Endpoint, build_request
 
 BATCH_EVENTS = 500
 #: The figures of a phase that was not run (``--phase``).
@@ -142,7 +143,8 @@ def run_phase(
     meter = CpuMeter(roots)
     meter.start()
     out, _ = loadgen.communicate(timeout=warmup_s + duration_s + 120)
-    cpu = meter.stop()
+    usage = meter.stop()
+    cpu = {name: usage.percent(name) for name in roots} | {"machine": usage.machine_percent}
     Path(spec_file.name).unlink()
     if loadgen.returncode != 0:
         raise RuntimeError(f"load generator failed (exit {loadgen.returncode})")
@@ -187,10 +189,8 @@ def kafka_for_run(explicit: str | None) -> Iterator[str]:
     if _reachable(host, int(port)):
         yield stack.kafka_bootstrap
         return
-    from bench._bench_env import bench_services
-
-    say("no running Kafka: starting a private stack in .stack/bench")
-    with bench_services() as services:
+    say(f"no running Kafka: starting a private stack in {BENCH_STACK.layout.root}")
+    with session_services(BENCH_STACK) as services:
         yield services.kafka_bootstrap
 
 
@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     run_id = secrets.token_hex(3)
     with kafka_for_run(args.kafka) as bootstrap, kafka_topics(bootstrap, f"bench-gw-{run_id}") as t:
         say(f"kafka {bootstrap}, topics {t.meter} / {t.vehicle}, {workers} gateway worker(s)")
-        with GatewayProcess(bootstrap, t, workers, profile=args.profile) as gateway:
+        with (
+            GatewayProcess(bootstrap, t, workers, profile=args.profile) as gateway,
+            PeakRss(gateway.worker_pids()) as rss,
+        ):
             phases = args.phase or ["batched", "single"]
             batched = single = SKIPPED
             if "batched" in phases:
@@ -236,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                     "single", gateway, args.single_connections, args.warmup, args.duration
                 )
             counted = gateway.accepted_events()
-            rss = [rss_mb(pid, peak=True) for pid in gateway.worker_pids()]
+
     sent = batched["events_accepted_total"] + single["events_accepted_total"]
     say(f"gateway /metrics counts {counted:,.0f} accepted events; load generators saw {sent:,}")
-    say(f"peak RSS per worker: {', '.join(f'{mb:.0f} MB' for mb in rss)}")
+    peaks = rss.mib().values()
+    say(f"peak RSS per worker: {', '.join(f'{mb:.0f} MB' for mb in peaks)}")
     if args.profile:
         print_profile(args.profile)
     result = {
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "single_other_cpu_percent": single.get("other_cpu_percent"),
         "batched_machine_cpu_percent": batched["machine_cpu_percent"],
         "single_machine_cpu_percent": single["machine_cpu_percent"],
-        "gateway_worker_peak_rss_mb": round(max(rss, default=0.0), 1),
+        "gateway_worker_peak_rss_mb": round(max(peaks, default=0.0), 1),
         "non_202": {
             "batched": {k: v for k, v in batched["statuses"].items() if k != "202"},
             "single": {k: v for k, v in single["statuses"].items() if k != "202"},

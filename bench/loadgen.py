@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.http1 import Endpoint, Http1Connection
+from bench.report import percentile
+from deploy.simulator.http1 import Endpoint, Http1Connection
 
 
 @dataclass(slots=True)
@@ -70,14 +71,6 @@ async def _connection_loop(
     conn.close()
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of sorted values, nearest rank."""
-    if not sorted_values:
-        return float("nan")
-    rank = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return sorted_values[rank]
-
-
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the load ``spec`` describes and return the figures."""
     endpoint = Endpoint.parse(spec["url"])
@@ -110,9 +103,9 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
         "events_accepted_total": tally.events_accepted_total,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors": dict(tally.errors),
-        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-        "p90_ms": round(percentile(latencies, 0.90) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p90_ms": round(percentile(latencies, 90) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
         "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
         "cpu_percent": round(100 * cpu_s / wall, 1),
     }

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from consumers.migrate import prepare_database
+from deploy.local.kafka_tools import create_topics, delete_topics
 from deploy.local.services import (
     ROOT,
     Services,
@@ -26,7 +27,6 @@ from deploy.local.services import (
     with_database,
 )
 from schemas import TopicNames, dlq_topic
-from tests.kafka_tools import create_topics, delete_topics
 
 TEMPLATE_DB = "energy_test_template"
 API_KEY = "test-key-0123456789"

@@ -74,8 +74,13 @@ bench-analytics: venv
 	@$(PY) -m bench.analytics_latency $(BENCH_ANALYTICS_ARGS)
 
 # The gateway's own processes (GATEWAY_WORKERS, default one per core) against the running
-# Kafka, else a private stack; BENCH_GATEWAY_ARGS e.g. "--workers 4 --duration 30".
+# Kafka, else a private stack, driven by wrk; BENCH_GATEWAY_ARGS e.g. "--workers 4 --duration 30".
+# wrk comes from Debian's package when missing (as root); otherwise this says what to install.
 bench-gateway: venv
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "bench-gateway: installing wrk (Debian package)" >&2 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  { echo "bench-gateway: wrk is missing: apt-get install wrk (Debian, Ubuntu)" >&2; exit 2; }
 	@$(PY) -m bench.gateway_throughput $(BENCH_GATEWAY_ARGS)
 
 # 202 -> visible in live status at 333 and 10,000 events/s, through the running stack (make up).

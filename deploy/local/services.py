@@ -47,8 +47,10 @@ class LocalStack:
 
     @classmethod
     def from_env(cls, name: str, prefix: str, kafka: int, controller: int, pg: int) -> LocalStack:
-        """The stack ``name``; ``<prefix>_KAFKA_PORT``, ``_KAFKA_CONTROLLER_PORT``, ``_PG_PORT``
-        override the default ports, so that several checkouts can run side by side.
+        """The stack ``name`` on the given ports, each overridable by the environment.
+
+        ``<prefix>_KAFKA_PORT``, ``<prefix>_KAFKA_CONTROLLER_PORT`` and
+        ``<prefix>_PG_PORT`` move them, so that several checkouts can run side by side.
         """
         return cls(
             name,

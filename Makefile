@@ -60,6 +60,10 @@ schemas: venv
 
 bench: bench-consumer bench-gateway bench-analytics bench-freshness
 
+# Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
+# DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
+# BENCH_KAFKA_CONTROLLER_PORT (59093) and BENCH_PG_PORT (55432).
+
 # BENCH_CONSUMER_ARGS e.g. "--events 500000".
 bench-consumer: venv
 	@$(PY) -m bench.consumer_throughput $(BENCH_CONSUMER_ARGS)
@@ -70,8 +74,13 @@ bench-analytics: venv
 	@$(PY) -m bench.analytics_latency $(BENCH_ANALYTICS_ARGS)
 
 # The gateway's own processes (GATEWAY_WORKERS, default one per core) against the running
-# Kafka, else a private stack; BENCH_GATEWAY_ARGS e.g. "--workers 4 --duration 30".
+# Kafka, else a private stack, driven by wrk; BENCH_GATEWAY_ARGS e.g. "--workers 4 --duration 30".
+# wrk comes from Debian's package when missing (as root); otherwise this says what to install.
 bench-gateway: venv
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "bench-gateway: installing wrk (Debian package)" >&2 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  { echo "bench-gateway: wrk is missing: apt-get install wrk (Debian, Ubuntu)" >&2; exit 2; }
 	@$(PY) -m bench.gateway_throughput $(BENCH_GATEWAY_ARGS)
 
 # 202 -> visible in live status at 333 and 10,000 events/s, through the running stack (make up).
@@ -79,7 +88,7 @@ bench-freshness: venv
 	@$(PY) -m bench.freshness $(BENCH_FRESHNESS_ARGS)
 
 demo: venv
-	@$(PY) -m bench.demo $(DEMO_ARGS)
+	@$(PY) -m deploy.simulator.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,1 +1,1 @@
-"""Benchmarks and the fleet simulator: programs that print their figures (not tests)."""
+"""Benchmarks: programs that print their figures (not tests)."""

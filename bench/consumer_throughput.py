@@ -8,9 +8,12 @@
    shape (same indexes), committed every 50,000 rows;
 3. runs ``python -m consumers vehicle`` as in production, one process per core
    in one consumer group by default (``--workers``), and times it from launch
-   until every event is committed, sampling the metrics (commit latency), the
-   peak RSS of each worker and their CPU;
-4. checks the result: history holds N rows, live status D rows.
+   until the group's committed offsets cover all N events: the last batch's
+   PostgreSQL transaction and its offsets are committed inside the measured
+   time. Meanwhile it samples the workers' RSS and CPU, and reads their
+   metrics (commit latency) at the end;
+4. checks the result: the committed offsets add up to N, history holds N
+   rows, live status D rows.
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -22,7 +25,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,27 +33,27 @@ from typing import Any
 
 import orjson
 import psycopg
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
-from bench._bench_env import (
-    BenchDatabase,
-    bench_services,
-    fresh_database,
-    histogram_quantile,
-    json_line,
-    metric_value,
-    produce_by_partition,
-    say,
-    scrape,
-)
-from bench.procstat import cpu_seconds, machine_busy_seconds, rss_mb
+from bench.procstat import CpuMeter, PeakRss
+from bench.prometheus_text import histogram_quantile, metric_value, scrape
+from bench.report import json_line, say
 from consumers.tables import VEHICLE_TABLE
-from deploy.local.services import ROOT, LocalStack
+from deploy.local.kafka_tools import create_topics, delete_topics, produce_by_partition
+from deploy.local.services import (
+    BENCH_STACK,
+    ROOT,
+    Database,
+    free_port,
+    fresh_database,
+    session_services,
+)
 from schemas import dlq_topic
 
 PARTITIONS = 12
-#: A stack of its own, so that it can run beside the other benchmarks.
-CONSUMER_BENCH_STACK = LocalStack("bench-consumer", 59192, 59193, 55532)
+#: How often the committed offsets are read: the clock's resolution.
+POLL_S = 0.05
 Row = tuple[str, datetime, float, float, float]
 
 
@@ -95,17 +97,6 @@ def generate(events: int, devices: int, seed: int = 7) -> tuple[list[Row], list[
 
 async def fill_topic(bootstrap: str, topic: str, rows: list[Row], values: list[bytes]) -> float:
     """Produce every value keyed by device id, in per-partition batches; returns seconds."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1),
-                NewTopic(dlq_topic(topic), num_partitions=3, replication_factor=1),
-            ]
-        )
-    finally:
-        await admin.close()
     started = time.perf_counter()
     await produce_by_partition(
         bootstrap,
@@ -117,7 +108,7 @@ async def fill_topic(bootstrap: str, topic: str, rows: list[Row], values: list[b
     return time.perf_counter() - started
 
 
-def copy_baseline(database: BenchDatabase, rows: list[Row], chunk: int = 50_000) -> float:
+def copy_baseline(database: Database, rows: list[Row], chunk: int = 50_000) -> float:
     """Rows per second of a plain binary COPY into a table shaped like history."""
     with psycopg.connect(database.writer_url) as conn:
         conn.execute("CREATE TABLE copy_baseline (LIKE vehicle_readings_history INCLUDING ALL)")
@@ -138,22 +129,24 @@ def copy_baseline(database: BenchDatabase, rows: list[Row], chunk: int = 50_000)
     return len(rows) / elapsed
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+async def committed_offsets(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
+    """Sum of ``group``'s committed offsets on ``topic``: records committed end to end.
+
+    The topic starts empty, so this is the count of records whose PostgreSQL
+    transaction committed (a worker commits offsets only after it).
+    """
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
-def run_consumer(
-    database: BenchDatabase, topic: str, events: int, timeout_s: float, workers: int = 1
-) -> dict[str, Any]:
-    """Drain ``topic`` with ``workers`` real worker processes in one group; the run's figures."""
-    ports = [free_port() for _ in range(workers)]
-    # BENCH_PROFILE=<file> runs the (first) worker under cProfile (stats at its clean exit).
+def launch_workers(
+    database: Database, topic: str, ports: list[int]
+) -> list[subprocess.Popen[bytes]]:
+    """``python -m consumers vehicle`` per port (its metrics port), in one consumer group.
+
+    ``BENCH_PROFILE=<file>`` runs the first worker under cProfile (stats at its clean exit).
+    """
     profile = os.environ.get("BENCH_PROFILE")
-    launched = time.perf_counter()
     procs = []
     for n, port in enumerate(ports):
         env = dict(os.environ)
@@ -171,45 +164,61 @@ def run_consumer(
                 [sys.executable, *profiler, "-m", "consumers", "vehicle"], cwd=ROOT, env=env
             )
         )
-    first_write: float | None = None
-    busy0, total0 = machine_busy_seconds()
-    written = 0.0
-    texts = [""] * workers
-    last_report = 0.0
+    return procs
+
+
+async def run_consumer(
+    database: Database, topic: str, events: int, timeout_s: float, workers: int = 1
+) -> dict[str, Any]:
+    """Drain ``topic`` with ``workers`` real worker processes in one group; the run's figures.
+
+    The clock runs from launching the workers until the group's committed
+    offsets cover every event (polled every ``POLL_S``), so the last batch's
+    PostgreSQL commit and its offsets are inside the measured time.
+    """
+    ports = [free_port() for _ in range(workers)]
+    group = f"{database.name}-vehicle"  # the worker's group: <prefix>-<stream>
+    admin = AIOKafkaAdminClient(bootstrap_servers=database.services.kafka_bootstrap)
+    await admin.start()
+    launched = time.perf_counter()
+    procs = launch_workers(database, topic, ports)
+    cpu = CpuMeter({f"worker-{n}": proc.pid for n, proc in enumerate(procs)})
+    cpu.start()
+    first_commit: float | None = None
+    committed = 0
+    last_report = done = launched
     try:
-        while time.perf_counter() - launched < timeout_s:
-            time.sleep(0.25)
-            if any(proc.poll() is not None for proc in procs):
-                raise RuntimeError("a consumer exited before the topic was drained")
-            try:
-                texts = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
-            except OSError:
-                continue
-            written = sum(
-                metric_value(text, "energy_consumer_events_consumed_total") for text in texts
-            )
-            if written and first_write is None:
-                first_write = time.perf_counter()
-            now = time.perf_counter()
-            if now - last_report >= 2 and first_write is not None and now > first_write + 1:
-                rate = written / max(now - first_write, 1e-9)
-                say(f"  consumed {written:,.0f}/{events:,} ({rate:,.0f} events/s)")
-                last_report = now
-            if written >= events:
-                break
-        done = time.perf_counter()
-        rss = max(rss_mb(proc.pid, peak=True) for proc in procs)
-        cpu = cpu_seconds([proc.pid for proc in procs])
-        busy1, total1 = machine_busy_seconds()
+        with PeakRss(proc.pid for proc in procs) as rss:
+            while done - launched < timeout_s:
+                if any(proc.poll() is not None for proc in procs):
+                    raise RuntimeError("a consumer exited before the topic was drained")
+                try:
+                    committed = await committed_offsets(admin, group, topic)
+                except KafkaError as exc:
+                    if not exc.retriable:  # e.g. no coordinator before the group's first join
+                        raise
+                done = time.perf_counter()
+                if committed and first_commit is None:
+                    first_commit = done
+                if committed >= events:
+                    break
+                if done - last_report >= 2:
+                    rate = committed / (done - launched)
+                    say(f"  committed {committed:,}/{events:,} ({rate:,.0f} events/s)")
+                    last_report = done
+                await asyncio.sleep(POLL_S)
+        usage = cpu.stop()
+        texts = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
     finally:
+        await admin.close()
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
-    if written < events or first_write is None:
-        raise RuntimeError(f"consumer did not finish in {timeout_s} s ({written:,.0f}/{events:,})")
-    # The first sample already contains a batch: the run counts from launch for
-    # the honest figure, from the first sample for the steady rate.
+    if committed < events or first_commit is None:
+        raise RuntimeError(f"consumer did not finish in {timeout_s} s ({committed:,}/{events:,})")
+    # The first commit already holds a batch: the run counts from launch for
+    # the honest figure, from the first commit for the steady rate.
     merged = "\n".join(texts)
     p50 = histogram_quantile(merged, "energy_consumer_batch_commit_seconds", 0.5)
     p99 = histogram_quantile(merged, "energy_consumer_batch_commit_seconds", 0.99)
@@ -217,15 +226,48 @@ def run_consumer(
         "workers": workers,
         "elapsed_s": round(done - launched, 2),
         "events_per_s": round(events / (done - launched)),
-        "steady_events_per_s": round(events / max(done - first_write, 1e-9)),
+        "steady_events_per_s": round(events / max(done - first_commit, 1e-9)),
         "commit_p50_ms": None if p50 is None else round(p50 * 1000, 1),
         "commit_p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "batches": int(metric_value(merged, "energy_consumer_batch_size_count")),
-        "consumer_rss_mb": round(rss, 1),
+        "committed_offsets": committed,
+        "consumer_rss_mb": round(max(rss.mib().values()), 1),
         # CPU per event is steadier than events/s on a shared machine.
-        "consumer_cpu_us_per_event": round(cpu / events * 1e6, 1),
-        "machine_busy_percent": round(200 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
+        "consumer_cpu_us_per_event": round(sum(usage.seconds.values()) / events * 1e6, 1),
+        "machine_busy_percent": usage.machine_percent,
     }
+
+
+def measure(
+    database: Database, topic: str, rows: list[Row], values: list[bytes], args: argparse.Namespace
+) -> tuple[float, dict[str, Any], bool]:
+    """Fill ``topic``, time the COPY baseline and the consumers; (COPY rows/s, figures, exact)."""
+    say(f"filling {topic} ({PARTITIONS} partitions)")
+    fill_s = asyncio.run(fill_topic(database.services.kafka_bootstrap, topic, rows, values))
+    say(f"  filled in {fill_s:.1f} s ({len(values) / fill_s:,.0f} events/s)")
+    values.clear()  # the workers need the memory more
+
+    say("baseline: plain binary COPY of the same rows")
+    copy_rate = copy_baseline(database, rows)
+    say(f"  {copy_rate:,.0f} rows/s")
+
+    say("consumer: draining the topic into history and live status")
+    run = asyncio.run(run_consumer(database, topic, args.events, args.timeout, args.workers))
+    with psycopg.connect(database.writer_url) as conn:
+        history = conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone()
+        live = conn.execute("SELECT count(*) FROM vehicle_live_status").fetchone()
+    history_rows = history[0] if history else 0
+    live_rows = live[0] if live else 0
+    say(
+        f"  committed offsets {run['committed_offsets']:,}, history rows {history_rows:,}, "
+        f"live rows {live_rows:,}"
+    )
+    exact = (
+        run["committed_offsets"] == args.events
+        and history_rows == args.events
+        and live_rows == min(args.devices, args.events)
+    )
+    return copy_rate, run, exact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,28 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     say(f"generating {args.events:,} heartbeats from {args.devices:,} vehicles")
     rows, values = generate(args.events, args.devices)
     with (
-        bench_services(CONSUMER_BENCH_STACK) as services,
+        session_services(BENCH_STACK) as services,
         fresh_database(services, "bench_consumer") as database,
     ):
         topic = f"bench.{database.name}.telemetry.vehicle.v1"
-        say(f"filling {topic} ({PARTITIONS} partitions)")
-        fill_s = asyncio.run(fill_topic(services.kafka_bootstrap, topic, rows, values))
-        say(f"  filled in {fill_s:.1f} s ({len(values) / fill_s:,.0f} events/s)")
-        del values
-
-        say("baseline: plain binary COPY of the same rows")
-        copy_rate = copy_baseline(database, rows)
-        say(f"  {copy_rate:,.0f} rows/s")
-
-        say("consumer: draining the topic into history and live status")
-        run = run_consumer(database, topic, args.events, args.timeout, args.workers)
-        with psycopg.connect(database.writer_url) as conn:
-            history = conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone()
-            live = conn.execute("SELECT count(*) FROM vehicle_live_status").fetchone()
-        history_rows = history[0] if history else 0
-        live_rows = live[0] if live else 0
-        say(f"  history rows {history_rows:,}, live rows {live_rows:,}")
-        exact = history_rows == args.events and live_rows == min(args.devices, args.events)
+        create_topics(services.kafka_bootstrap, [topic], PARTITIONS)
+        create_topics(services.kafka_bootstrap, [dlq_topic(topic)])
+        try:
+            copy_rate, run, exact = measure(database, topic, rows, values, args)
+        finally:
+            delete_topics(services.kafka_bootstrap, [topic, dlq_topic(topic)])
 
     result = {
         "events": args.events,

@@ -32,9 +32,9 @@ from typing import Any
 
 import psycopg
 
-from bench.devstack import DevStack, StackNotRunning
-from bench.loadgen import percentile
-from bench.simulator import HttpTarget, SimEvent
+from bench.report import percentile
+from deploy.local.devstack import DevStack, StackNotRunning
+from deploy.simulator import HttpTarget, SimEvent
 
 LIVE_SQL = "SELECT vehicle_id, recorded_at FROM vehicle_live_status WHERE vehicle_id = ANY(%s)"
 #: How long to wait, after the load stopped, for the last readings to show up.
@@ -162,8 +162,8 @@ async def measure_rate(
         "refused": refused,
         "samples": len(latencies),
         "never_visible": probes.waiting,
-        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
         "poll_ms": round(poll_s * 1000),
     }

@@ -7,52 +7,29 @@ publishing to topics created for the run and deleted after it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+import psutil
 
-from bench.devstack import REPO_ROOT, ready
-from bench.procstat import cmdline, descendants, listener_pid
+from bench.procstat import listener_pid, tree
+from bench.prometheus_text import metric_value, scrape
+from deploy.local.devstack import ready
+from deploy.local.kafka_tools import create_topics, delete_topics
+from deploy.local.services import ROOT, free_port
 from schemas import DEFAULT_PARTITIONS, TopicNames
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _admin(bootstrap: str, create: list[str], delete: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="energy-bench")
-    await admin.start()
-    try:
-        if create:
-            await admin.create_topics(
-                [NewTopic(name, DEFAULT_PARTITIONS, 1) for name in create], timeout_ms=30_000
-            )
-        if delete:
-            await admin.delete_topics(delete, timeout_ms=30_000)
-    finally:
-        await admin.close()
 
 
 @contextlib.contextmanager
@@ -64,11 +41,11 @@ def kafka_topics(bootstrap: str, prefix: str) -> Iterator[TopicNames]:
         links=f"{prefix}.fleet.links.v1",
     )
     names = list(topics.all())
-    asyncio.run(_admin(bootstrap, names, []))
+    create_topics(bootstrap, names, DEFAULT_PARTITIONS)
     try:
         yield topics
     finally:
-        asyncio.run(_admin(bootstrap, [], names))
+        delete_topics(bootstrap, names)
 
 
 class GatewayProcess:
@@ -113,7 +90,7 @@ class GatewayProcess:
         """The processes that serve requests (the main one when there is one worker)."""
         # uvicorn starts its workers with multiprocessing's spawn; the other
         # child is multiprocessing's resource tracker.
-        workers = [pid for pid in descendants(self.pid)[1:] if "spawn_main" in cmdline(pid)]
+        workers = [proc.pid for proc in tree(self.pid)[1:] if "spawn_main" in _cmdline(proc)]
         return workers or [self.pid]
 
     def __enter__(self) -> GatewayProcess:
@@ -130,7 +107,7 @@ class GatewayProcess:
             ]
         with self.log.open("wb") as log:
             self._proc = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         # Several workers share the socket; insist on a run of 200s so that
@@ -167,8 +144,12 @@ class GatewayProcess:
 
     def accepted_events(self) -> float:
         """``energy_gateway_events_accepted_total`` summed over streams (and workers)."""
-        url = self.url + "/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- loopback
-            text = response.read().decode()
-        pattern = r"^energy_gateway_events_accepted_total\{[^}]*\} (\S+)$"
-        return sum(float(v) for v in re.findall(pattern, text, flags=re.MULTILINE))
+        return metric_value(scrape(self.url + "/metrics"), "energy_gateway_events_accepted_total")
+
+
+def _cmdline(process: psutil.Process) -> str:
+    """The command line of ``process``, space-separated ("" once it is gone)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return ""

@@ -12,16 +12,18 @@ Setup, as in production:
   ``.stack/bench`` started for the run; the gateway publishes to topics of
   its own (12 partitions, deleted afterwards), so the stack's consumers do
   not compete for the CPU;
-- the load generator is a separate process (``bench.loadgen``): closed-loop
-  keep-alive HTTP/1.1 connections sending prepared requests, whose own CPU
-  use is reported.
+- the load generator is wrk (``bench.wrk``, one thread): closed-loop
+  keep-alive HTTP/1.1 connections sending prepared request bodies in turn,
+  whose own CPU use is reported. wrk must be installed (``make
+  bench-gateway`` installs Debian's package when it can).
 
-Two phases, each ``--warmup`` + ``--duration`` seconds: batches of 500
-simulated events per request (JSON array, ``--batch-connections`` 4), then
-one event per request (``--single-connections`` 64: many devices at once).
-Afterwards the gateway's ``/metrics`` (aggregated over all workers through
-prometheus_client's multiprocess mode) must count exactly the events the
-load generator saw accepted.
+Two phases, each a ``--warmup`` run then a measured ``--duration`` run (whole
+seconds): batches of 500 simulated events per request (JSON array,
+``--batch-connections`` 4), then one event per request
+(``--single-connections`` 64: many devices at once). Afterwards the gateway's
+``/metrics`` (aggregated over all workers through prometheus_client's
+multiprocess mode) must count the events wrk saw accepted, plus at most the
+requests still in flight when each wrk run stopped (one per connection).
 
 CPU is sampled from ``/proc`` over each measured interval: the gateway's
 processes, the load generator, the Kafka broker (when local) and anything
@@ -45,22 +47,20 @@ import os
 import pstats
 import secrets
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.devstack import DevStack
 from bench.gateway_process import GatewayProcess, kafka_topics
-from bench.http1 import Endpoint, build_request
-from bench.procstat import CpuMeter, rss_mb
-from bench.simulator import Fleet, FleetConfig, accelerated_window
-from bench.simulator.fleet import SimEvent
+from bench.procstat import CpuMeter, PeakRss
+from bench.wrk import WrkLoad, WrkMissing, find_wrk
+from deploy.local.devstack import DevStack
+from deploy.local.services import BENCH_STACK, session_services
+from deploy.simulator import Fleet, FleetConfig, accelerated_window
+from deploy.simulator.fleet import SimEvent
 
 BATCH_EVENTS = 500
 #: The figures of a phase that was not run (``--phase``).
@@ -73,7 +73,9 @@ SKIPPED: dict[str, Any] = {
     "gateway_cpu_percent": None,
     "machine_cpu_percent": None,
     "events_accepted_total": 0,
-    "statuses": {},
+    "events_in_flight_max": 0,
+    "non_2xx": 0,
+    "socket_errors": 0,
 }
 
 
@@ -94,22 +96,16 @@ def simulated_events(count: int) -> list[SimEvent]:
     return events[:count]
 
 
-def prepared_requests(url: str, api_key: str, batched: bool) -> list[tuple[str, int]]:
-    """Request bytes (latin-1 text, for JSON) and their event counts, for the load generator."""
-    endpoint = Endpoint.parse(url)
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+def prepared_bodies(batched: bool) -> tuple[str, list[bytes]]:
+    """The route and the request bodies of a phase: 16 batches of 500 events, or 4,000 events."""
     events = simulated_events(16 * BATCH_EVENTS if batched else 4000)
-    requests = []
     if batched:
-        for i in range(0, len(events), BATCH_EVENTS):
-            body = orjson.dumps([e.body for e in events[i : i + BATCH_EVENTS]])
-            raw = build_request(endpoint, "POST", "/v1/ingest/batch", body, headers)
-            requests.append((raw.decode("latin-1"), BATCH_EVENTS))
-    else:
-        for event in events:
-            raw = build_request(endpoint, "POST", "/v1/ingest", orjson.dumps(event.body), headers)
-            requests.append((raw.decode("latin-1"), 1))
-    return requests
+        bodies = [
+            orjson.dumps([e.body for e in events[i : i + BATCH_EVENTS]])
+            for i in range(0, len(events), BATCH_EVENTS)
+        ]
+        return "/v1/ingest/batch", bodies
+    return "/v1/ingest", [orjson.dumps(event.body) for event in events]
 
 
 def run_phase(
@@ -119,50 +115,57 @@ def run_phase(
     warmup_s: float,
     duration_s: float,
 ) -> dict[str, Any]:
-    """One load phase against ``gateway``; the load generator's figures plus CPU shares."""
-    spec = {
-        "url": gateway.url,
-        "connections": connections,
-        "warmup_s": warmup_s,
-        "duration_s": duration_s,
-        "requests": prepared_requests(gateway.url, gateway.api_key, name == "batched"),
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec_file:
-        json.dump(spec, spec_file)
-    say(f"{name}: {connections} connections, {warmup_s:g} s warm-up + {duration_s:g} s measured")
-    loadgen = subprocess.Popen(
-        [sys.executable, "-m", "bench.loadgen", spec_file.name], stdout=subprocess.PIPE, text=True
+    """One load phase against ``gateway``: wrk's figures plus CPU shares."""
+    path, bodies = prepared_bodies(name == "batched")
+    per_request = BATCH_EVENTS if name == "batched" else 1
+    load = WrkLoad(
+        gateway.url,
+        path,
+        {"Authorization": f"Bearer {gateway.api_key}", "Content-Type": "application/json"},
+        bodies,
+        connections,
     )
-    # CPU is sampled over the measured interval only.
-    time.sleep(warmup_s)
-    # The load generator measures its own CPU (it has exited when we sample again).
+    say(f"{name}: {connections} connections, {warmup_s:g} s warm-up + {duration_s:g} s measured")
+    warm = load.run(warmup_s)
+    # CPU is sampled over the measured run only; wrk's own comes from its rusage.
     roots = {"gateway": gateway.pid}
     if gateway.kafka_pid is not None:
         roots["kafka"] = gateway.kafka_pid
     meter = CpuMeter(roots)
     meter.start()
-    out, _ = loadgen.communicate(timeout=warmup_s + duration_s + 120)
-    cpu = meter.stop()
-    Path(spec_file.name).unlink()
-    if loadgen.returncode != 0:
-        raise RuntimeError(f"load generator failed (exit {loadgen.returncode})")
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["gateway_cpu_percent"] = cpu["gateway"]
-    result["kafka_cpu_percent"] = cpu.get("kafka")
-    result["machine_cpu_percent"] = cpu["machine"]
+    run = load.run(duration_s)
+    usage = meter.stop()
+    cpu = {name: usage.percent(name) for name in roots}
+    # Every 2xx of these routes is a 202.
+    result: dict[str, Any] = {
+        "requests_per_s": round(run.requests / run.seconds, 1),
+        "events_per_s": round(run.answered_2xx * per_request / run.seconds, 1),
+        "p50_ms": round(run.p50_ms, 2),
+        "p90_ms": round(run.p90_ms, 2),
+        "p99_ms": round(run.p99_ms, 2),
+        "max_ms": round(run.max_ms, 2),
+        "non_2xx": run.non_2xx + warm.non_2xx,
+        "socket_errors": run.socket_errors + warm.socket_errors,
+        "events_accepted_total": (warm.answered_2xx + run.answered_2xx) * per_request,
+        "events_in_flight_max": (warm.max_in_flight + run.max_in_flight) * per_request,
+        "cpu_percent": round(100 * run.cpu_s / run.seconds, 1),
+        "gateway_cpu_percent": cpu["gateway"],
+        "kafka_cpu_percent": cpu.get("kafka"),
+        "machine_cpu_percent": usage.machine_percent,
+    }
     # CPU per unit of work: steadier than the rates on a box shared with other work.
     unit = result["events_per_s"] if name == "batched" else result["requests_per_s"]
     result["gateway_cpu_us_per_unit"] = round(cpu["gateway"] * 1e4 / unit, 1) if unit else None
     # Whatever else ran meanwhile (other people's work on a shared box shows here).
     ours = cpu["gateway"] + result["cpu_percent"] + (cpu.get("kafka") or 0.0)
-    result["other_cpu_percent"] = round(max(cpu["machine"] - ours, 0.0), 1)
+    result["other_cpu_percent"] = round(max(usage.machine_percent - ours, 0.0), 1)
     say(
         f"{name}: {result['requests_per_s']:,.0f} requests/s, {result['events_per_s']:,.0f} "
-        f"events/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, statuses "
-        f"{result['statuses']}, errors {result['errors']}; CPU: gateway "
-        f"{cpu['gateway']}%, load generator {result['cpu_percent']}%, Kafka "
-        f"{cpu.get('kafka', '?')}%, anything else {result['other_cpu_percent']}% (machine "
-        f"{cpu['machine']}% of {100 * (os.cpu_count() or 1)}%)"
+        f"events/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, non-2xx "
+        f"{result['non_2xx']}, socket errors {result['socket_errors']}; CPU: gateway "
+        f"{cpu['gateway']}%, wrk {result['cpu_percent']}%, Kafka {cpu.get('kafka', '?')}%, "
+        f"anything else {result['other_cpu_percent']}% (machine {usage.machine_percent}% of "
+        f"{100 * (os.cpu_count() or 1)}%)"
     )
     return result
 
@@ -187,10 +190,8 @@ def kafka_for_run(explicit: str | None) -> Iterator[str]:
     if _reachable(host, int(port)):
         yield stack.kafka_bootstrap
         return
-    from bench._bench_env import bench_services
-
-    say("no running Kafka: starting a private stack in .stack/bench")
-    with bench_services() as services:
+    say(f"no running Kafka: starting a private stack in {BENCH_STACK.layout.root}")
+    with session_services(BENCH_STACK) as services:
         yield services.kafka_bootstrap
 
 
@@ -220,11 +221,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run both phases; the last stdout line is the JSON result."""
     args = parse_args(argv)
+    try:
+        find_wrk()
+    except WrkMissing as exc:
+        say(str(exc))
+        return 2
     workers = 1 if args.profile else args.workers
     run_id = secrets.token_hex(3)
     with kafka_for_run(args.kafka) as bootstrap, kafka_topics(bootstrap, f"bench-gw-{run_id}") as t:
         say(f"kafka {bootstrap}, topics {t.meter} / {t.vehicle}, {workers} gateway worker(s)")
-        with GatewayProcess(bootstrap, t, workers, profile=args.profile) as gateway:
+        with (
+            GatewayProcess(bootstrap, t, workers, profile=args.profile) as gateway,
+            PeakRss(gateway.worker_pids()) as rss,
+        ):
             phases = args.phase or ["batched", "single"]
             batched = single = SKIPPED
             if "batched" in phases:
@@ -236,10 +245,15 @@ def main(argv: list[str] | None = None) -> int:
                     "single", gateway, args.single_connections, args.warmup, args.duration
                 )
             counted = gateway.accepted_events()
-            rss = [rss_mb(pid, peak=True) for pid in gateway.worker_pids()]
+
     sent = batched["events_accepted_total"] + single["events_accepted_total"]
-    say(f"gateway /metrics counts {counted:,.0f} accepted events; load generators saw {sent:,}")
-    say(f"peak RSS per worker: {', '.join(f'{mb:.0f} MB' for mb in rss)}")
+    unseen = batched["events_in_flight_max"] + single["events_in_flight_max"]
+    say(
+        f"gateway /metrics counts {counted:,.0f} accepted events; wrk saw {sent:,} "
+        f"(and up to {unseen:,} more in flight when it stopped)"
+    )
+    peaks = rss.mib().values()
+    say(f"peak RSS per worker: {', '.join(f'{mb:.0f} MB' for mb in peaks)}")
     if args.profile:
         print_profile(args.profile)
     result = {
@@ -264,12 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         "single_other_cpu_percent": single.get("other_cpu_percent"),
         "batched_machine_cpu_percent": batched["machine_cpu_percent"],
         "single_machine_cpu_percent": single["machine_cpu_percent"],
-        "gateway_worker_peak_rss_mb": round(max(rss, default=0.0), 1),
-        "non_202": {
-            "batched": {k: v for k, v in batched["statuses"].items() if k != "202"},
-            "single": {k: v for k, v in single["statuses"].items() if k != "202"},
-        },
-        "metrics_consistent": counted == sent,
+        "gateway_worker_peak_rss_mb": round(max(peaks, default=0.0), 1),
+        "non_2xx": {"batched": batched["non_2xx"], "single": single["non_2xx"]},
+        "socket_errors": {"batched": batched["socket_errors"], "single": single["socket_errors"]},
+        "events_unseen_by_wrk": int(counted - sent),
+        "metrics_consistent": 0 <= counted - sent <= unseen,
         "profiled": bool(args.profile),
     }
     print(json.dumps(result), flush=True)

@@ -1,4 +1,4 @@
-"""CPU time and memory of a process tree, and of the whole machine, from ``/proc`` (Linux).
+"""CPU time and memory of process trees and of the whole machine, through psutil.
 
 Benchmarks on a 2-core box must show where the CPU went: the server under
 test, the load generator, or everything else (Kafka, PostgreSQL).
@@ -7,132 +7,149 @@ Percentages are of one core: 200 % is the whole of a 2-core machine.
 
 from __future__ import annotations
 
-import os
+import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+import psutil
 
-
-def _stat_fields(pid: int) -> list[str]:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    # The command name is in parentheses and may hold spaces: split after it.
-    return raw[raw.rindex(")") + 2 :].split()
+MIB = 1024 * 1024
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every live process below it."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(_stat_fields(int(entry.name))[1])
-        except (OSError, ValueError, IndexError):
-            continue  # exited while we looked
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(parents.get(current, []))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    """The command line of ``pid``, space-separated ("" if it is gone)."""
+def tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and every live process below it (none if ``pid`` is gone)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """User + system CPU seconds used so far by ``processes`` (exited ones count 0)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot; idle and I/O wait are not busy."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    # Guest time is already inside user time.
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - idle, total
 
 
 def listener_pid(port: int) -> int | None:
     """The process listening on TCP ``port`` (IPv4 or IPv6), if we may see it."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # local address is HEX_IP:HEX_PORT; state 0A is LISTEN.
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                inodes.add(f"socket:[{fields[9]}]")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    return int(entry.name)
-        except OSError:
-            continue
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
     return None
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by ``pids`` (exited ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = _stat_fields(pid)
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _TICKS
+@dataclass(frozen=True, slots=True)
+class CpuUsage:
+    """CPU used between two samples: seconds per process tree, and the machine's share."""
 
+    wall_s: float
+    seconds: Mapping[str, float]
+    #: Percent of one core used by everything on the machine (200 = a whole 2-core box).
+    machine_percent: float
 
-def rss_mb(pid: int, peak: bool = False) -> float:
-    """Resident memory (or its peak, VmHWM) of ``pid`` in MiB; 0 if it is gone."""
-    key = "VmHWM:" if peak else "VmRSS:"
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all cores since boot, from ``/proc/stat``."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # up to steal; guest time is already inside user
-    return (total - idle) / _TICKS, total / _TICKS
+    def percent(self, name: str) -> float:
+        """Percent of one core that tree ``name`` used over the interval."""
+        return round(100 * self.seconds[name] / self.wall_s, 1)
 
 
 @dataclass(slots=True)
 class CpuMeter:
-    """CPU used by some process trees and the machine between :meth:`start` and :meth:`stop`."""
+    """CPU used by some process trees and the machine between :meth:`start` and :meth:`stop`.
+
+    A process of a tree that exits in between takes its CPU time with it.
+    """
 
     roots: dict[str, int]
     _wall: float = 0.0
-    _tree: dict[str, float] | None = None
+    _trees: dict[str, float] = field(default_factory=dict)
     _machine: tuple[float, float] = (0.0, 0.0)
 
     def _sample(self) -> dict[str, float]:
-        return {name: cpu_seconds(descendants(pid)) for name, pid in self.roots.items()}
+        return {name: cpu_seconds(tree(pid)) for name, pid in self.roots.items()}
 
     def start(self) -> None:
         """Take the first sample."""
         self._wall = time.monotonic()
-        self._tree = self._sample()
+        self._trees = self._sample()
         self._machine = machine_busy_seconds()
 
-    def stop(self) -> dict[str, float]:
-        """Percent of one core per tree since :meth:`start`, plus ``machine`` (all cores)."""
-        assert self._tree is not None, "start() first"  # noqa: S101 -- a usage error
+    def stop(self) -> CpuUsage:
+        """The CPU used since :meth:`start`."""
         wall = max(time.monotonic() - self._wall, 1e-9)
         after = self._sample()
         busy, total = machine_busy_seconds()
-        cores = os.cpu_count() or 1
-        result = {
-            name: round(100 * (after[name] - self._tree[name]) / wall, 1) for name in self.roots
-        }
-        elapsed_total = max(total - self._machine[1], 1e-9)
-        result["machine"] = round(100 * cores * (busy - self._machine[0]) / elapsed_total, 1)
-        return result
+        cores = psutil.cpu_count() or 1
+        share = (busy - self._machine[0]) / max(total - self._machine[1], 1e-9)
+        return CpuUsage(
+            wall_s=wall,
+            seconds={name: after[name] - self._trees.get(name, 0.0) for name in self.roots},
+            machine_percent=round(100 * cores * share, 1),
+        )
+
+
+class PeakRss:
+    """The largest resident memory of each process seen by a background sampler.
+
+    psutil reads the current RSS only (not the kernel's high-water mark), so
+    the peak is that of samples every ``every_s`` while the block runs.
+    """
+
+    def __init__(self, pids: Iterable[int], every_s: float = 0.1) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
+        self._peak = dict.fromkeys((p.pid for p in self._processes), 0)
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        for process in self._processes:
+            try:
+                rss = process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            self._peak[process.pid] = max(self._peak[process.pid], rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._sample()
+
+    def __enter__(self) -> PeakRss:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def mib(self) -> dict[int, float]:
+        """Peak RSS in MiB per pid."""
+        return {pid: peak / MIB for pid, peak in self._peak.items()}

@@ -22,6 +22,7 @@ from consumers.connection import WriterConnection
 from consumers.migrate import prepare_database
 from consumers.sink import WriteResult
 from consumers.worker import sink_for
+from deploy.local.kafka_tools import create_topics, delete_topics
 from deploy.local.services import (
     ROOT,
     Services,
@@ -31,7 +32,6 @@ from deploy.local.services import (
     with_database,
 )
 from schemas import Stream, TopicNames, dlq_topic
-from tests.kafka_tools import create_topics, delete_topics
 
 TEMPLATE_DB = "energy_test_template"
 API_KEY = "test-key-0123456789"

@@ -23,11 +23,10 @@ from typing import Any
 import orjson
 import pytest
 
-from bench._bench_env import produce_by_partition
+from deploy.local.kafka_tools import produce_by_partition, read_all
 from deploy.local.services import crash_kafka, crash_postgres, start_infra
 from schemas import dlq_topic
 from tests.conftest import ModuleEnv, wait_for
-from tests.kafka_tools import read_all
 
 DEVICES = 1000
 MINUTES = 200

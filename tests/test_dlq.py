@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.dlq import MAX_REASON_BYTES, DeadLetterPublisher, Poison
 from consumers.errors import BatchAbandoned
+from deploy.local.kafka_tools import read_all
 from schemas import (
     DLQ_HEADER_ERROR_CLASS,
     DLQ_HEADER_OFFSET,
@@ -19,7 +20,6 @@ from schemas import (
     dlq_topic,
 )
 from tests.conftest import ModuleEnv
-from tests.kafka_tools import read_all
 
 
 def poison(topic: str, offset: int, reason: str = "soc: must be <= 100") -> Poison:

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from deploy.local.kafka_tools import create_topics, delete_topics, read_all
 from ingest_gateway.app import create_app
 from ingest_gateway.settings import GatewaySettings
 from tests.conftest import API_KEY, ModuleEnv, free_port, wait_for
-from tests.kafka_tools import create_topics, delete_topics, read_all
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 

@@ -13,9 +13,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from deploy.local.kafka_tools import produce, read_all
 from schemas import DLQ_HEADER_ERROR_CLASS, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, dlq_topic
 from tests.conftest import ModuleEnv, wait_for
-from tests.kafka_tools import produce, read_all
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 

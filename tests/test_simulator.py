@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from bench.simulator import Fleet, FleetConfig, GroundTruth, SimEvent, accelerated_window
-from bench.simulator.fleet import MINUTE
-from bench.simulator.physics import FAULTY_EFFICIENCY, HEALTHY_EFFICIENCY
+from deploy.simulator import Fleet, FleetConfig, GroundTruth, SimEvent, accelerated_window
+from deploy.simulator.fleet import MINUTE
+from deploy.simulator.physics import FAULTY_EFFICIENCY, HEALTHY_EFFICIENCY
 from schemas import (
     DEFAULT_LIMITS,
     MeterReading,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from deploy.local.kafka_tools import create_topics, delete_topics, produce, read_all
 from tests.conftest import ModuleEnv
-from tests.kafka_tools import create_topics, delete_topics, produce, read_all
 
 
 def test_kafka_round_trip(env: ModuleEnv) -> None:

@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from consumers.__main__ import run_worker
 from consumers.settings import ConsumerSettings
 from consumers.worker import group_generation
+from deploy.local.kafka_tools import produce, read_all
 from schemas import Stream, dlq_topic
 from tests.conftest import ModuleEnv
-from tests.kafka_tools import produce, read_all
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 

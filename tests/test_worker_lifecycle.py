@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from deploy.local.kafka_tools import produce
 from tests.conftest import ModuleEnv, free_port, wait_for
-from tests.kafka_tools import produce
 
 
 def _reading(meter_id: str, minutes_ago: int) -> bytes:

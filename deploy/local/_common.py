@@ -17,6 +17,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_DIR = REPO_ROOT / ".venv"
 VENV_PYTHON = VENV_DIR / "bin" / "python"
+#: Where the project's stacks live by default, one folder each (``dev``, ``test``, ``bench``).
+STACKS_DIR = REPO_ROOT / ".stack"
 
 #: Exit code for a missing prerequisite (tool, free port, venv); 1 means a failure.
 EXIT_PREREQ = 2
@@ -50,6 +52,11 @@ class Layout:
 
     root: Path
 
+    @classmethod
+    def named(cls, name: str) -> Layout:
+        """The stack ``name`` in the repository's stacks folder (``.stack/<name>``)."""
+        return cls(STACKS_DIR / name)
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"
@@ -73,6 +80,16 @@ class Layout:
     @property
     def pg(self) -> Path:
         return self.root / "pg"
+
+    @property
+    def pg_data(self) -> Path:
+        """The PostgreSQL cluster (``initdb``'s folder) inside ``pg``."""
+        return self.pg / "data"
+
+    @property
+    def postmaster_pid(self) -> Path:
+        """PostgreSQL's own pid file: first line the server's pid, fourth its port."""
+        return self.pg_data / "postmaster.pid"
 
     @property
     def secrets(self) -> Path:

@@ -6,8 +6,8 @@ In order of preference:
    create databases) from the environment, used as they are;
 2. testcontainers, when a Docker engine answers;
 3. the project's local stack (``deploy/local/stack.py``) in its own folder on
-   its own ports (``.stack/test`` for tests), started for the session and
-   stopped after it.
+   its own ports (``.stack/test`` for tests, ``.stack/bench`` for benchmarks),
+   started for the session and stopped after it.
 """
 
 from __future__ import annotations
@@ -16,40 +16,59 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parents[2]
+from consumers.migrate import prepare_database
+from deploy.local._common import REPO_ROOT, Layout
+
+#: The repository root (where ``python -m <service>`` runs from).
+ROOT = REPO_ROOT
 STACK = ROOT / "deploy" / "local" / "stack.py"
 
 
 @dataclass(frozen=True)
 class LocalStack:
-    """Where a private local stack lives: its folder and ports."""
+    """A private local stack: its name (folder ``.stack/<name>``) and ports."""
 
     name: str
     kafka_port: int
     kafka_controller_port: int
     pg_port: int
 
+    @classmethod
+    def from_env(cls, name: str, prefix: str, kafka: int, controller: int, pg: int) -> LocalStack:
+        """The stack ``name`` on the given ports, each overridable by the environment.
+
+        ``<prefix>_KAFKA_PORT``, ``<prefix>_KAFKA_CONTROLLER_PORT`` and
+        ``<prefix>_PG_PORT`` move them, so that several checkouts can run side by side.
+        """
+        return cls(
+            name,
+            int(os.environ.get(f"{prefix}_KAFKA_PORT", str(kafka))),
+            int(os.environ.get(f"{prefix}_KAFKA_CONTROLLER_PORT", str(controller))),
+            int(os.environ.get(f"{prefix}_PG_PORT", str(pg))),
+        )
+
     @property
-    def folder(self) -> Path:
-        """The stack's folder (logs, pid files, data)."""
-        return ROOT / ".stack" / self.name
+    def layout(self) -> Layout:
+        """Where the stack's logs, pid files and data are."""
+        return Layout.named(self.name)
 
     def args(self) -> list[str]:
         """The ``stack.py`` options selecting this stack."""
         return [
             "--dir",
-            str(self.folder),
+            str(self.layout.root),
             "--kafka-port",
             str(self.kafka_port),
             "--kafka-controller-port",
@@ -57,6 +76,12 @@ class LocalStack:
             "--pg-port",
             str(self.pg_port),
         ]
+
+
+#: The test session's stack.
+TEST_STACK = LocalStack.from_env("test", "TEST", 29092, 29093, 25432)
+#: The benchmarks' stack (each run makes its own database and topics in it).
+BENCH_STACK = LocalStack.from_env("bench", "BENCH", 59092, 59093, 55432)
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,14 @@ class Services:
     writer_url: str
     reader_url: str
     stack: LocalStack | None = None
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def with_database(url: str, dbname: str) -> str:
@@ -103,18 +136,9 @@ def _from_testcontainers() -> Iterator[Services]:
         yield Services(kafka.get_bootstrap_server(), url, url, url)
 
 
-#: The test session's stack; ports overridable by TEST_* variables.
-TEST_STACK = LocalStack(
-    "test",
-    int(os.environ.get("TEST_KAFKA_PORT", "29092")),
-    int(os.environ.get("TEST_KAFKA_CONTROLLER_PORT", "29093")),
-    int(os.environ.get("TEST_PG_PORT", "25432")),
-)
-
-
 @contextmanager
 def local_stack(stack: LocalStack) -> Iterator[Services]:
-    """Start Kafka and PostgreSQL in ``.stack/<name>``; stop them afterwards (data is kept)."""
+    """Start Kafka and PostgreSQL in the stack's folder; stop them afterwards (data is kept)."""
     info = start_infra(stack)
     try:
         yield Services(
@@ -145,14 +169,14 @@ def start_infra(stack: LocalStack) -> dict[str, str]:
 
 def crash_postgres(stack: LocalStack) -> None:
     """Stop PostgreSQL the hard way (immediate shutdown: crash recovery at next start)."""
-    pid = int((stack.folder / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+    pid = int(stack.layout.postmaster_pid.read_text().split()[0])
     os.kill(pid, signal.SIGQUIT)
     _wait_gone(pid)
 
 
 def crash_kafka(stack: LocalStack) -> None:
     """Kill the Kafka broker with SIGKILL (no clean shutdown)."""
-    pid = int((stack.folder / "run" / "kafka.pid").read_text().split()[0])
+    pid = int(stack.layout.pid_file("kafka").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     _wait_gone(pid)
 
@@ -202,3 +226,34 @@ def drop_database(services: Services, name: str) -> None:
     """Drop ``name``, disconnecting whoever is still connected."""
     with psycopg.connect(services.admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class Database:
+    """A migrated database of its own (for one benchmark run), with the roles' URLs."""
+
+    services: Services
+    name: str
+
+    @property
+    def writer_url(self) -> str:
+        """Writer role on this database."""
+        return with_database(self.services.writer_url, self.name)
+
+    @property
+    def reader_url(self) -> str:
+        """Read-only role on this database."""
+        return with_database(self.services.reader_url, self.name)
+
+
+@contextmanager
+def fresh_database(services: Services, prefix: str) -> Iterator[Database]:
+    """A new database ``<prefix>_<random>`` with every migration applied; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    create_database(services, name)
+    database = Database(services, name)
+    try:
+        prepare_database(database.writer_url)
+        yield database
+    finally:
+        drop_database(services, name)

@@ -90,7 +90,7 @@ def _parse(argv: list[str]) -> tuple[str, Settings]:
     parser.add_argument("command", choices=["up", "infra-up", "down", "status", "destroy"])
     parser.add_argument(
         "--dir",
-        default=str(REPO_ROOT / ".stack" / "dev"),
+        default=str(Layout.named("dev").root),
         help="the stack folder (default: <repo>/.stack/dev)",
     )
     parser.add_argument(

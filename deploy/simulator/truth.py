@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from bench.simulator.fleet import SimEvent, iso_utc
+from deploy.simulator.fleet import SimEvent, iso_utc
 
 DAY = timedelta(hours=24)
 

@@ -1,6 +1,6 @@
 """``make demo``: a simulated fleet through the running stack, then its analytics, verified.
 
-    python -m bench.demo [--devices 200] [--hours 3] [--stack-dir .stack/dev]
+    python -m deploy.simulator.demo [--devices 200] [--hours 3] [--stack-dir .stack/dev]
 
 1. checks that the stack of ``make up`` answers (exit 2 with what to run if not);
 2. simulates the fleet (fresh device ids per run, so a second run verifies
@@ -24,10 +24,10 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench.devstack import DevStack, StackNotRunning
-from bench.simulator import Fleet, FleetConfig, GroundTruth, HttpTarget, Runner
-from bench.simulator.fleet import MINUTE, accelerated_window, iso_utc
-from bench.verify import Comparison, PerformanceClient, compare, render_table
+from deploy.local.devstack import DevStack, StackNotRunning
+from deploy.simulator import Fleet, FleetConfig, GroundTruth, HttpTarget, Runner
+from deploy.simulator.fleet import MINUTE, accelerated_window, iso_utc
+from deploy.simulator.verify import Comparison, PerformanceClient, compare, render_table
 
 
 def say(message: str) -> None:
@@ -147,7 +147,7 @@ def report(results: list[Comparison], tolerance: float) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deploy.simulator.demo", description=__doc__)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--hours", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=42)
@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bench.demo``."""
+    """Entry point of ``python -m deploy.simulator.demo``."""
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))

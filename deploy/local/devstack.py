@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STACK_DIR = REPO_ROOT / ".stack" / "dev"
+from deploy.local._common import Layout
+
+#: The stack ``make up`` runs.
+DEFAULT_LAYOUT = Layout.named("dev")
 
 
 class StackNotRunning(RuntimeError):
@@ -27,7 +29,7 @@ class StackNotRunning(RuntimeError):
 class DevStack:
     """The endpoints and credentials of one local stack."""
 
-    root: Path
+    layout: Layout
     gateway_url: str
     analytics_url: str
     kafka_bootstrap: str
@@ -36,30 +38,33 @@ class DevStack:
     @classmethod
     def locate(cls, root: str | Path | None = None) -> DevStack:
         """The stack in ``root`` (default ``ENERGY_STACK_DIR`` or ``.stack/dev``)."""
-        folder = Path(root or os.environ.get("ENERGY_STACK_DIR") or DEFAULT_STACK_DIR)
-        gateway_port = _port(folder, "gateway", "GATEWAY_PORT", 8080)
-        analytics_port = _port(folder, "analytics", "ANALYTICS_PORT", 8081)
-        kafka_port = _port(folder, "kafka", "STACK_KAFKA_PORT", 19092)
+        folder = root or os.environ.get("ENERGY_STACK_DIR")
+        layout = Layout(Path(folder).absolute()) if folder else DEFAULT_LAYOUT
+        gateway_port = _port(layout, "gateway", "GATEWAY_PORT", 8080)
+        analytics_port = _port(layout, "analytics", "ANALYTICS_PORT", 8081)
+        kafka_port = _port(layout, "kafka", "STACK_KAFKA_PORT", 19092)
         return cls(
-            root=folder.absolute(),
+            layout=layout,
             gateway_url=f"http://127.0.0.1:{gateway_port}",
             analytics_url=f"http://127.0.0.1:{analytics_port}",
             kafka_bootstrap=f"127.0.0.1:{kafka_port}",
-            pg_port=_port(folder, "postgres", "STACK_PG_PORT", 15432),
+            pg_port=_port(layout, "postgres", "STACK_PG_PORT", 15432),
         )
 
     def api_key(self) -> str:
         """``ENERGY_API_KEY``, else the key the stack generated. Raises :class:`StackNotRunning`."""
-        key = os.environ.get("ENERGY_API_KEY") or _read(self.root / "api-key")
+        key = os.environ.get("ENERGY_API_KEY") or _read(self.layout.api_key_file)
         if not key:
-            raise StackNotRunning(f"no API key: set ENERGY_API_KEY or run `make up` ({self.root})")
+            raise StackNotRunning(
+                f"no API key: set ENERGY_API_KEY or run `make up` ({self.layout.root})"
+            )
         return key
 
     def reader_url(self, database: str = "energy") -> str:
         """The read-only role's URL (``energy_reader``), password from the stack's secrets."""
-        password = _read(self.root / "secrets" / "pg-reader-password")
+        password = _read(self.layout.secret("pg-reader-password"))
         if not password:
-            raise StackNotRunning(f"no reader password in {self.root}/secrets: run `make up`")
+            raise StackNotRunning(f"no reader password in {self.layout.secrets}: run `make up`")
         credentials = f"energy_reader:{quote(password, safe='')}"
         return f"postgresql://{credentials}@127.0.0.1:{self.pg_port}/{database}"
 
@@ -69,7 +74,7 @@ class DevStack:
             if not ready(url + "/readyz"):
                 raise StackNotRunning(
                     f"the {name} at {url} is not ready; start the stack with `make up` "
-                    f"(stack folder {self.root})"
+                    f"(stack folder {self.layout.root})"
                 )
 
 
@@ -89,10 +94,10 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _port(folder: Path, component: str, variable: str, default: int) -> int:
+def _port(layout: Layout, component: str, variable: str, default: int) -> int:
     # A running stack records each component's port in run/<name>.port; the
     # environment variable is what `make up` would use for a stopped one.
-    recorded = _read(folder / "run" / f"{component}.port")
+    recorded = _read(layout.port_file(component))
     if recorded.isdigit():
         return int(recorded)
     raw = os.environ.get(variable, "")

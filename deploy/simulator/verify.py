@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import orjson
 
-from bench.http1 import Endpoint, Http1Connection, build_request
-from bench.simulator.fleet import iso_utc
-from bench.simulator.truth import VehicleTotals
+from deploy.simulator.fleet import iso_utc
+from deploy.simulator.http1 import Endpoint, Http1Connection, build_request
+from deploy.simulator.truth import VehicleTotals
 
 
 class PerformanceClient:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.simulator.physics import Minute, VehicleModel, VehicleProfile
+from deploy.simulator.physics import Minute, VehicleModel, VehicleProfile
 
 MINUTE = timedelta(minutes=1)
 

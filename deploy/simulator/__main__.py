@@ -1,4 +1,6 @@
-"""``energy-simulate`` / ``python -m bench.simulator``: a simulated fleet into the gateway or Kafka.
+"""``energy-simulate``: a simulated fleet into the gateway or Kafka.
+
+Also runs as ``python -m deploy.simulator`` from a checkout.
 
 Examples::
 
@@ -26,11 +28,11 @@ from pathlib import Path
 import orjson
 from aiokafka.errors import KafkaError
 
-from bench.devstack import DevStack, StackNotRunning
-from bench.simulator.fleet import MINUTE, Fleet, FleetConfig, accelerated_window
-from bench.simulator.run import Runner, RunStats
-from bench.simulator.targets import HttpTarget, KafkaTarget, Target
-from bench.simulator.truth import DAY, GroundTruth
+from deploy.local.devstack import DevStack, StackNotRunning
+from deploy.simulator.fleet import MINUTE, Fleet, FleetConfig, accelerated_window
+from deploy.simulator.run import Runner, RunStats
+from deploy.simulator.targets import HttpTarget, KafkaTarget, Target
+from deploy.simulator.truth import DAY, GroundTruth
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

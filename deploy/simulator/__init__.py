@@ -1,15 +1,15 @@
 """A deterministic EV fleet: D vehicles each charged from its own meter, one heartbeat a minute.
 
-``energy-simulate`` (``python -m bench.simulator``) sends it to the gateway or
+``energy-simulate`` (``python -m deploy.simulator``) sends it to the gateway or
 to Kafka; :class:`GroundTruth` knows what the analytics API must answer for
 exactly the events that were accepted.
 """
 
-from bench.simulator.fleet import Fleet, FleetConfig, SimEvent, accelerated_window, iso_utc
-from bench.simulator.physics import VehicleModel, VehicleProfile
-from bench.simulator.run import Runner, RunStats
-from bench.simulator.targets import Delivery, HttpTarget, KafkaTarget, Target
-from bench.simulator.truth import GroundTruth, VehicleTotals
+from deploy.simulator.fleet import Fleet, FleetConfig, SimEvent, accelerated_window, iso_utc
+from deploy.simulator.physics import VehicleModel, VehicleProfile
+from deploy.simulator.run import Runner, RunStats
+from deploy.simulator.targets import Delivery, HttpTarget, KafkaTarget, Target
+from deploy.simulator.truth import GroundTruth, VehicleTotals
 
 __all__ = [
     "Delivery",

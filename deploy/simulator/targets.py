@@ -17,8 +17,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from bench.http1 import Endpoint, Http1Connection, build_request
-from bench.simulator.fleet import SimEvent
+from deploy.simulator.fleet import SimEvent
+from deploy.simulator.http1 import Endpoint, Http1Connection, build_request
 from schemas import DEFAULT_TOPICS, TopicNames
 
 #: Statuses that mean "not now": wait ``Retry-After`` and send the same request again.

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any, TextIO
 
-from bench.simulator.fleet import MINUTE, Fleet, SimEvent
-from bench.simulator.targets import Delivery, Target
-from bench.simulator.truth import GroundTruth
+from deploy.simulator.fleet import MINUTE, Fleet, SimEvent
+from deploy.simulator.targets import Delivery, Target
+from deploy.simulator.truth import GroundTruth
 
 #: Error messages kept for the summary (the counts cover all of them).
 MAX_ERRORS_KEPT = 5

@@ -1,9 +1,9 @@
-"""A small HTTP/1.1 keep-alive client on raw asyncio, for load that must stay cheap.
+"""A small HTTP/1.1 keep-alive client on raw asyncio, for the simulator's cheap load.
 
-The simulator and the gateway load generator send tens of thousands of
-requests a second from one Python process on a 2-core box, next to the
-server they measure; a general-purpose client spends more CPU per request
-than the gateway does. This one writes pre-built request bytes and reads
+The simulator sends thousands of requests a second from one Python process,
+next to the gateway it feeds on the same box, and must see every answer (to
+retry a 503 after its ``Retry-After`` and to know exactly which events were
+accepted). This client writes pre-built request bytes and reads
 ``Content-Length``-framed responses (what uvicorn sends for every JSON
 answer), nothing else: no redirects, no chunked bodies, no TLS.
 """

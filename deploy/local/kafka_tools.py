@@ -1,36 +1,32 @@
-"""Small synchronous wrappers over aiokafka for tests: create topics, produce, read back."""
+"""Kafka for tests and benchmarks: create and delete topics, produce, read back.
+
+Synchronous wrappers over aiokafka (each runs its own event loop), except
+:func:`produce_by_partition`, a coroutine for the bulk fills of benchmarks and
+the crash test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 
-def create_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int = 3,
-) -> None:
-    """Create ``names`` (replication 1)."""
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
+    """Create ``names`` (replication 1). Raises if one exists already."""
 
     async def run() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
             await admin.create_topics(
-                [
-                    NewTopic(
-                        name,
-                        num_partitions=partitions,
-                        replication_factor=1,
-                    )
-                    for name in names
-                ]
+                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names],
+                timeout_ms=30_000,
             )
         finally:
             await admin.close()
@@ -45,7 +41,7 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            await admin.delete_topics(list(names))
+            await admin.delete_topics(list(names), timeout_ms=30_000)
         finally:
             await admin.close()
 
@@ -69,6 +65,51 @@ def produce(
             await producer.stop()
 
     asyncio.run(run())
+
+
+async def produce_by_partition(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    partitions: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Publish ``(key, value)`` pairs fast: whole record batches per partition, acks=all.
+
+    Each key goes to the partition Kafka's default partitioner picks for it,
+    as for any producer, so one device's records stay in order. ``progress``
+    is called with the count sent so far, every 200,000 records.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_batch_size=1 << 20
+    )
+    await producer.start()
+    partitioner = DefaultPartitioner()
+    parts = list(range(partitions))
+    try:
+        batches: dict[int, Any] = {}
+        pending = []
+        for i, (key, value) in enumerate(records):
+            part = partitioner(key, parts, parts)
+            batch = batches.get(part)
+            if batch is None:
+                batch = batches[part] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                pending.append(await producer.send_batch(batch, topic, partition=part))
+                batch = batches[part] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            if progress is not None and i and i % 200_000 == 0:
+                progress(i)
+            if len(pending) > 64:  # bounded: wait for acks before buffering more
+                await asyncio.gather(*pending)
+                pending.clear()
+        for part, batch in batches.items():
+            batch.close()
+            pending.append(await producer.send_batch(batch, topic, partition=part))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
@@ -99,7 +140,8 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0)
                     r for rs in (await consumer.getmany(timeout_ms=100)).values() for r in rs
                 )
             partitions = sorted(consumer.assignment())
-            assert partitions, f"topic {topic} has no partitions (does it exist?)"
+            if not partitions:
+                raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
             ends = await consumer.end_offsets(partitions)
             settle_until: float | None = None
             while time.monotonic() < deadline:

@@ -143,14 +143,25 @@ def free_port() -> int:
         return port
 
 
-def wait_for(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
+def wait_for(
+    check: Callable[[], T],
+    timeout_s: float = 30.0,
+    interval_s: float = 0.1,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with its last value.
+
+    ``explain``, if given, is called on failure and its answer added to the
+    message (the state a reader needs to see why the condition never held).
+    """
     deadline = time.monotonic() + timeout_s
     value = check()
     while not value and time.monotonic() < deadline:
         time.sleep(interval_s)
         value = check()
-    assert value, f"condition not met within {timeout_s} s (last: {value!r})"
+    if not value:
+        detail = f"; {explain()}" if explain is not None else ""
+        raise AssertionError(f"condition not met within {timeout_s} s (last: {value!r}){detail}")
     return value
 
 

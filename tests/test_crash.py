@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.local.kafka_tools import produce_by_partition, read_all
 from deploy.local.services import crash_kafka, crash_postgres, start_infra
@@ -100,6 +101,34 @@ def _history(env: ModuleEnv) -> int:
     return count
 
 
+def _progress(env: ModuleEnv, workers: list[subprocess.Popen[bytes]]) -> str:
+    """Where the run stands: stored rows, the group's offsets per partition, the workers."""
+
+    async def offsets() -> str:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=env.services.kafka_bootstrap,
+            group_id=f"{env.name}-vehicle",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            parts = [TopicPartition(env.topics.vehicle, p) for p in range(PARTITIONS)]
+            ends = await consumer.end_offsets(parts)
+            committed = [await consumer.committed(tp) for tp in parts]
+            return ", ".join(
+                f"p{tp.partition} committed {done} of {ends[tp]}"
+                for tp, done in zip(parts, committed, strict=True)
+            )
+        finally:
+            await consumer.stop()
+
+    alive = [w.pid for w in workers if w.poll() is None]
+    return (
+        f"history {_history(env):,} of {EVENTS:,}; {asyncio.run(offsets())};"
+        f" workers alive {alive} (logs in .stack/test-logs/{env.name}-vehicle-*.log)"
+    )
+
+
 @pytest.mark.slow
 # Well above the waits below (at most 240 s for history, 60 s for the DLQ, plus
 # restarts), so a failure is reported by the assertion that saw it, not by a kill.
@@ -158,7 +187,12 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     kill_one()
     kills += 2
 
-    wait_for(lambda: _history(env) == EVENTS, timeout_s=240, interval_s=1)
+    wait_for(
+        lambda: _history(env) == EVENTS,
+        timeout_s=240,
+        interval_s=1,
+        explain=lambda: _progress(env, workers),
+    )
     dead = read_all(bootstrap, dlq_topic(topic), expected=len(truth["poison"]), timeout_s=60)
     assert kills == 6
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import BaseRowFactory, class_row, scalar_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from analytics_api.errors import DatabaseUnavailable
+
+R = TypeVar("R")
 
 #: Session settings of every analytics connection (statements are prepared at
 #: first use). Planning over ~100 daily partitions costs tens of milliseconds,
@@ -28,8 +30,9 @@ PLANNER_OPTIONS = "-c plan_cache_mode=force_generic_plan -c jit=off -c work_mem=
 
 # One round trip: whether the vehicle is known, its DC and temperature, and the
 # AC of each meter linked to it, each meter counted only inside its link's
-# validity clipped to the window [from, to). The energy_*_totals functions
-# (sql/0005) read whole hours from the rollups and the edges from history.
+# validity clipped to the window [from, to). The totals and the efficiency come
+# from the functions of sql/0007 (whole hours from the rollups, the edges from
+# history).
 PERFORMANCE_SQL = """
 WITH ac AS (
     SELECT l.meter_id, sum(t.readings) AS readings, sum(t.kwh) AS total
@@ -45,15 +48,20 @@ WITH ac AS (
       AND l.valid_from < %(to)s
       AND (l.valid_to IS NULL OR l.valid_to > %(from)s)
     GROUP BY l.meter_id
+), ac_total AS (
+    SELECT coalesce(array_agg(meter_id ORDER BY meter_id), '{}') AS meter_ids,
+           coalesce(sum(readings), 0)::bigint AS ac_readings,
+           coalesce(sum(total), 0) AS total_ac
+    FROM ac
 )
 SELECT (EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle_id)s)
         OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle_id)s)) AS known,
        dc.readings AS dc_readings, dc.kwh AS total_dc,
        dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
-       coalesce((SELECT array_agg(meter_id ORDER BY meter_id) FROM ac), '{}') AS meter_ids,
-       coalesce((SELECT sum(readings) FROM ac), 0)::bigint AS ac_readings,
-       coalesce((SELECT sum(total) FROM ac), 0) AS total_ac
+       a.meter_ids, a.ac_readings, a.total_ac, e.efficiency, e.low_efficiency
 FROM energy_vehicle_totals(%(vehicle_id)s, %(from)s, %(to)s) dc
+CROSS JOIN ac_total a
+CROSS JOIN LATERAL energy_efficiency(dc.kwh, a.total_ac, %(threshold)s) e
 """
 
 # Every vehicle over whole hours [from, to): rollups only, plus history for the
@@ -105,7 +113,6 @@ WITH dc AS (
     SELECT v.vehicle_id,
            coalesce(ac.total, 0) AS total_ac,
            coalesce(dc.total, 0) AS total_dc,
-           coalesce(dc.total, 0) / nullif(ac.total, 0) AS efficiency,
            dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
            coalesce(m.meter_ids, '{}') AS meter_ids,
            coalesce(dc.readings, 0)::bigint AS dc_readings,
@@ -114,10 +121,14 @@ WITH dc AS (
     LEFT JOIN dc ON dc.vehicle_id = v.vehicle_id
     LEFT JOIN ac ON ac.vehicle_id = v.vehicle_id
     LEFT JOIN meters m ON m.vehicle_id = v.vehicle_id
+), rated AS (
+    SELECT s.*, e.efficiency, e.low_efficiency
+    FROM summary s
+    CROSS JOIN LATERAL energy_efficiency(s.total_dc, s.total_ac, %(threshold)s) e
 )
 SELECT *, count(*) OVER () AS total_count
-FROM summary
-WHERE NOT %(low_only)s OR efficiency < %(threshold)s
+FROM rated
+WHERE NOT %(low_only)s OR low_efficiency
 ORDER BY {order}
 LIMIT %(limit)s OFFSET %(offset)s
 """
@@ -161,18 +172,21 @@ WITH hours AS (
         %(to)s
     ) t
     GROUP BY h.hour
+), totals AS (
+    SELECT h.hour,
+           coalesce(ac.total, 0) AS total_ac,
+           coalesce(dc.total, 0) AS total_dc,
+           dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
+           coalesce(dc.readings, 0)::bigint AS dc_readings,
+           coalesce(ac.readings, 0)::bigint AS ac_readings
+    FROM hours h
+    LEFT JOIN dc ON dc.hour = h.hour
+    LEFT JOIN ac ON ac.hour = h.hour
 )
-SELECT h.hour,
-       coalesce(ac.total, 0) AS total_ac,
-       coalesce(dc.total, 0) AS total_dc,
-       coalesce(dc.total, 0) / nullif(ac.total, 0) AS efficiency,
-       dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
-       coalesce(dc.readings, 0)::bigint AS dc_readings,
-       coalesce(ac.readings, 0)::bigint AS ac_readings
-FROM hours h
-LEFT JOIN dc ON dc.hour = h.hour
-LEFT JOIN ac ON ac.hour = h.hour
-ORDER BY h.hour
+SELECT t.*, e.efficiency, e.low_efficiency
+FROM totals t
+CROSS JOIN LATERAL energy_efficiency(t.total_dc, t.total_ac, %(threshold)s) e
+ORDER BY t.hour
 """
 
 VEHICLE_LIVE_SQL = """
@@ -187,29 +201,85 @@ FROM meter_live_status WHERE meter_id = %s
 
 
 @dataclass(frozen=True, slots=True)
-class Performance:
-    """Raw totals of one vehicle over one window."""
+class Energy:
+    """What every view says of one vehicle over a window or an hour.
+
+    ``efficiency`` and ``low_efficiency`` come from ``energy_efficiency``
+    (sql/0007), the one definition of both: DC / AC and whether it is below
+    the threshold, ``None`` when AC is 0.
+    """
+
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    low_efficiency: bool | None
+    avg_temp: float | None
+    dc_readings: int
+    ac_readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class Performance(Energy):
+    """One vehicle over one window; ``known`` is whether it was ever seen."""
 
     known: bool
-    dc_readings: int
-    total_dc: float
-    avg_temp: float | None
     meter_ids: list[str]
-    ac_readings: int
-    total_ac: float
+
+
+@dataclass(frozen=True, slots=True)
+class HourEnergy(Energy):
+    """One vehicle over the UTC hour starting at ``hour``."""
+
+    hour: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FleetItem(Energy):
+    """One vehicle of a fleet page; ``total_count`` is the number of vehicles on every page."""
+
+    vehicle_id: str
+    meter_ids: list[str]
+    total_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleReading:
+    """The newest reading of a vehicle (live status)."""
+
+    vehicle_id: str
+    recorded_at: datetime
+    soc: float
+    kwh_delivered_dc: float
+    battery_temp: float
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """The newest reading of a meter (live status)."""
+
+    meter_id: str
+    recorded_at: datetime
+    kwh_consumed_ac: float
+    voltage: float
+    updated_at: datetime
 
 
 class Reader:
-    """Read-only access to PostgreSQL through the app's pool."""
+    """Read-only access to PostgreSQL through the app's pool.
+
+    Every method raises :class:`DatabaseUnavailable` when PostgreSQL cannot
+    answer in time; all are safe to retry.
+    """
 
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout_s: float) -> None:
         self._pool = pool
         self._timeout_s = timeout_s
 
-    async def _fetchall(self, query: str, params: Any) -> list[dict[str, Any]]:
+    async def _fetchall(self, query: str, params: Any, rows: BaseRowFactory[R]) -> list[R]:
         try:
             async with self._pool.connection(timeout=self._timeout_s) as conn:
-                cur = conn.cursor(row_factory=dict_row)
+                cur = conn.cursor(row_factory=rows)
                 await cur.execute(query, params)
                 return await cur.fetchall()
         except PoolTimeout as exc:
@@ -219,9 +289,9 @@ class Reader:
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
-    async def _fetchone(self, query: str, params: Any) -> dict[str, Any] | None:
-        rows = await self._fetchall(query, params)
-        return rows[0] if rows else None
+    async def _fetchone(self, query: str, params: Any, rows: BaseRowFactory[R]) -> R | None:
+        found = await self._fetchall(query, params, rows)
+        return found[0] if found else None
 
     async def fleet(
         self,
@@ -232,12 +302,12 @@ class Reader:
         threshold: float,
         limit: int,
         offset: int,
-    ) -> tuple[int, list[dict[str, Any]]]:
+    ) -> tuple[int, list[FleetItem]]:
         """One page of every vehicle's summary over whole hours, and the number of vehicles.
 
         ``order`` is a key of :data:`FLEET_ORDER`.
         """
-        rows = await self._fetchall(
+        items = await self._fetchall(
             FLEET_QUERIES[order],
             {
                 "from": start,
@@ -247,34 +317,43 @@ class Reader:
                 "limit": limit,
                 "offset": offset,
             },
+            class_row(FleetItem),
         )
-        return (rows[0]["total_count"] if rows else 0), rows
+        return (items[0].total_count if items else 0), items
 
-    async def hourly(self, vehicle_id: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    async def hourly(
+        self, vehicle_id: str, start: datetime, end: datetime, threshold: float
+    ) -> list[HourEnergy]:
         """One row per hour of ``[start, end)`` (whole hours) for one vehicle."""
         return await self._fetchall(
-            HOURLY_SQL, {"vehicle_id": vehicle_id, "from": start, "to": end}
+            HOURLY_SQL,
+            {"vehicle_id": vehicle_id, "from": start, "to": end, "threshold": threshold},
+            class_row(HourEnergy),
         )
 
-    async def performance(self, vehicle_id: str, start: datetime, end: datetime) -> Performance:
-        """Totals of ``vehicle_id`` over ``[start, end)``. Raises :class:`DatabaseUnavailable`."""
+    async def performance(
+        self, vehicle_id: str, start: datetime, end: datetime, threshold: float
+    ) -> Performance:
+        """Totals of ``vehicle_id`` over ``[start, end)``."""
         row = await self._fetchone(
-            PERFORMANCE_SQL, {"vehicle_id": vehicle_id, "from": start, "to": end}
+            PERFORMANCE_SQL,
+            {"vehicle_id": vehicle_id, "from": start, "to": end, "threshold": threshold},
+            class_row(Performance),
         )
         assert row is not None  # noqa: S101 -- an aggregate always returns one row
-        return Performance(**row)
+        return row
 
-    async def vehicle_live(self, vehicle_id: str) -> dict[str, Any] | None:
+    async def vehicle_live(self, vehicle_id: str) -> VehicleReading | None:
         """The newest reading of a vehicle, or ``None`` if never seen."""
-        return await self._fetchone(VEHICLE_LIVE_SQL, (vehicle_id,))
+        return await self._fetchone(VEHICLE_LIVE_SQL, (vehicle_id,), class_row(VehicleReading))
 
-    async def meter_live(self, meter_id: str) -> dict[str, Any] | None:
+    async def meter_live(self, meter_id: str) -> MeterReading | None:
         """The newest reading of a meter, or ``None`` if never seen."""
-        return await self._fetchone(METER_LIVE_SQL, (meter_id,))
+        return await self._fetchone(METER_LIVE_SQL, (meter_id,), class_row(MeterReading))
 
     async def ping(self) -> bool:
-        """Whether the database answers ``SELECT 1`` now."""
+        """Whether the database answers ``SELECT 1`` now (never raises)."""
         try:
-            return await self._fetchone("SELECT 1 AS ok", None) is not None
+            return await self._fetchone("SELECT 1", None, scalar_row) == 1
         except DatabaseUnavailable:
             return False

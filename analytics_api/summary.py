@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def low_efficiency(efficiency: float | None, threshold: float) -> bool | None:
-    """Whether ``efficiency`` is below ``threshold``; ``None`` when there is none (no AC)."""
-    return None if efficiency is None else efficiency < threshold
+from analytics_api.queries import Energy
 
 
-def energy_fields(row: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """The energy part of a fleet item or an hour of the series, from a query row."""
+def energy_fields(row: Energy) -> dict[str, Any]:
+    """The energy part of a per-vehicle summary, a fleet item or an hour of the series.
+
+    Efficiency and its flag are taken as the database computed them
+    (``energy_efficiency``, sql/0007), never recomputed here.
+    """
     return {
-        "totalAc": row["total_ac"],
-        "totalDc": row["total_dc"],
-        "efficiency": row["efficiency"],
-        "lowEfficiency": low_efficiency(row["efficiency"], threshold),
-        "avgBatteryTemp": row["avg_temp"],
-        "vehicleReadings": row["dc_readings"],
-        "meterReadings": row["ac_readings"],
+        "totalAc": row.total_ac,
+        "totalDc": row.total_dc,
+        "efficiency": row.efficiency,
+        "lowEfficiency": row.low_efficiency,
+        "avgBatteryTemp": row.avg_temp,
+        "vehicleReadings": row.dc_readings,
+        "meterReadings": row.ac_readings,
     }

@@ -102,15 +102,18 @@ def vehicle_window() -> tuple[datetime, datetime]:
     return resolve_window(None, None, DAY, timedelta(days=31))
 
 
+#: The API's default low-efficiency threshold, a parameter of every summary query.
+THRESHOLD = AnalyticsSettings.model_fields["low_efficiency_threshold"].default
+
+
 def fleet_params() -> dict[str, Any]:
     """The parameters of ``GET /v1/fleet`` with its defaults (24 whole hours, limit 100)."""
     frm, to = resolve_hour_window(None, None, DAY, timedelta(days=31))
-    threshold = AnalyticsSettings.model_fields["low_efficiency_threshold"].default
     return {
         "from": frm,
         "to": to,
         "low_only": False,
-        "threshold": threshold,
+        "threshold": THRESHOLD,
         "limit": 100,
         "offset": 0,
     }
@@ -123,7 +126,9 @@ def time_vehicles(conn: psycopg.Connection[Any], ids: list[str]) -> list[float]:
     for vid in ids:
         frm, to = vehicle_window()
         started = time.perf_counter()
-        cur.execute(PERFORMANCE_SQL, {"vehicle_id": vid, "from": frm, "to": to})
+        cur.execute(
+            PERFORMANCE_SQL, {"vehicle_id": vid, "from": frm, "to": to, "threshold": THRESHOLD}
+        )
         cur.fetchone()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
@@ -195,7 +200,7 @@ def verify(
     frm, to = vehicle_window()
     checks: list[tuple[str, datetime, datetime, dict[str, Any]]] = []
     for vid in ids:
-        params = {"vehicle_id": vid, "from": frm, "to": to}
+        params = {"vehicle_id": vid, "from": frm, "to": to, "threshold": THRESHOLD}
         got = api.cursor(row_factory=dict_row).execute(PERFORMANCE_SQL, params).fetchone()
         assert got is not None  # noqa: S101 -- an aggregate always returns one row
         checks.append((vid, frm, to, got))
@@ -242,7 +247,7 @@ def measure(database: Database, day: Day, args: argparse.Namespace) -> dict[str,
         # A swapped vehicle: its plan shows the edge path of both meters.
         shown = day.relinked[0] if day.relinked else ids[0]
         frm, to = vehicle_window()
-        params = {"vehicle_id": shown, "from": frm, "to": to}
+        params = {"vehicle_id": shown, "from": frm, "to": to, "threshold": THRESHOLD}
         vehicle_plan = explain_generic(api, "bench_vehicle", PERFORMANCE_SQL, params)
         fleet = fleet_params()
         fleet_plan = explain_generic(api, "bench_fleet", FLEET_QUERIES["efficiency"], fleet)

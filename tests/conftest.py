@@ -46,7 +46,12 @@ def services() -> Iterator[Services]:
 
 
 def _with_read_only_role(found: Services) -> Services:
-    """Services given as one admin URL get a real read-only role, as deployments have."""
+    """Services given as one admin URL get a real read-only role, as deployments have.
+
+    Only the role is made here; it exists before the template database is
+    migrated, so the migrations give it its grants as they give every
+    deployment's (``energy_grant_reader``, sql/0008).
+    """
     if found.reader_url != found.admin_url:
         return found
     with psycopg.connect(found.admin_url, autocommit=True) as admin:

@@ -129,7 +129,9 @@ def test_totals_functions_equal_brute_force_for_random_windows(
         fast_v = env.query("SELECT * FROM energy_vehicle_totals(%s, %s, %s)", (vehicle, t0, t1))[0]
         slow_v = brute_vehicle(env, vehicle, t0, t1)
         assert fast_v == slow_v, (vehicle, t0, t1)
-        fast_m = env.query("SELECT * FROM energy_meter_totals(%s, %s, %s)", (meter, t0, t1))[0]
+        fast_m = env.query(
+            "SELECT * FROM energy_meter_totals(%s, %s, %s, %s, %s)", (meter, t0, t1, t0, t1)
+        )[0]
         slow_m = brute_meter(env, meter, t0, t1)
         assert fast_m == slow_m, (meter, t0, t1)
 

@@ -93,10 +93,7 @@ async def fleet(
     frm, to = _window(state, start, end)
     threshold = state.settings.low_efficiency_threshold
     total, rows = await state.reader.fleet(frm, to, sort, low_efficiency, threshold, limit, offset)
-    items = [
-        {"vehicleId": r["vehicle_id"], "meterIds": r["meter_ids"], **energy_fields(r, threshold)}
-        for r in rows
-    ]
+    items = [{"vehicleId": r.vehicle_id, "meterIds": r.meter_ids, **energy_fields(r)} for r in rows]
     if wants_csv(request):
         return csv_response(FLEET_COLUMNS, items, "fleet.csv")
     return {
@@ -129,12 +126,12 @@ async def hourly(
     state = _state(request)
     frm, to = _window(state, start, end)
     threshold = state.settings.low_efficiency_threshold
-    rows = await state.reader.hourly(vehicle_id, frm, to)
-    if not any(r["dc_readings"] or r["ac_readings"] for r in rows):
-        perf = await state.reader.performance(vehicle_id, frm, to)
+    rows = await state.reader.hourly(vehicle_id, frm, to, threshold)
+    if not any(r.dc_readings or r.ac_readings for r in rows):
+        perf = await state.reader.performance(vehicle_id, frm, to, threshold)
         if not perf.known:
             raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
-    series = [{"hour": iso(r["hour"]), **energy_fields(r, threshold)} for r in rows]
+    series = [{"hour": iso(r.hour), **energy_fields(r)} for r in rows]
     if wants_csv(request):
         return csv_response(HOURLY_COLUMNS, series, f"{vehicle_id}-hourly.csv")
     return {"vehicleId": vehicle_id, "from": iso(frm), "to": iso(to), "hours": series}

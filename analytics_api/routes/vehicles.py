@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 from analytics_api.auth import require_api_key
 from analytics_api.errors import NotFound
 from analytics_api.state import AnalyticsState
-from analytics_api.summary import low_efficiency
+from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_window
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -93,24 +93,18 @@ async def performance(
         timedelta(hours=settings.default_window_hours),
         timedelta(days=settings.max_window_days),
     )
-    perf = await state.reader.performance(vehicle_id, frm, to)
+    threshold = settings.low_efficiency_threshold
+    perf = await state.reader.performance(vehicle_id, frm, to, threshold)
     if not perf.known:
         raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
-    efficiency = perf.total_dc / perf.total_ac if perf.total_ac > 0 else None
-    threshold = settings.low_efficiency_threshold
+    # The response model orders the fields as documented.
     return {
         "vehicleId": vehicle_id,
         "from": frm,
         "to": to,
-        "totalAc": perf.total_ac,
-        "totalDc": perf.total_dc,
-        "efficiency": efficiency,
-        "avgBatteryTemp": perf.avg_temp,
-        "lowEfficiency": low_efficiency(efficiency, threshold),
         "efficiencyThreshold": threshold,
         "meterIds": perf.meter_ids,
-        "vehicleReadings": perf.dc_readings,
-        "meterReadings": perf.ac_readings,
+        **energy_fields(perf),
     }
 
 
@@ -128,12 +122,12 @@ async def vehicle_live(
     if row is None:
         raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
     return {
-        "vehicleId": row["vehicle_id"],
-        "soc": row["soc"],
-        "kwhDeliveredDc": row["kwh_delivered_dc"],
-        "batteryTemp": row["battery_temp"],
-        "timestamp": row["recorded_at"],
-        "updatedAt": row["updated_at"],
+        "vehicleId": row.vehicle_id,
+        "soc": row.soc,
+        "kwhDeliveredDc": row.kwh_delivered_dc,
+        "batteryTemp": row.battery_temp,
+        "timestamp": row.recorded_at,
+        "updatedAt": row.updated_at,
     }
 
 
@@ -151,9 +145,9 @@ async def meter_live(
     if row is None:
         raise NotFound(f"meter {meter_id!r} has never been seen")
     return {
-        "meterId": row["meter_id"],
-        "kwhConsumedAc": row["kwh_consumed_ac"],
-        "voltage": row["voltage"],
-        "timestamp": row["recorded_at"],
-        "updatedAt": row["updated_at"],
+        "meterId": row.meter_id,
+        "kwhConsumedAc": row.kwh_consumed_ac,
+        "voltage": row.voltage,
+        "timestamp": row.recorded_at,
+        "updatedAt": row.updated_at,
     }

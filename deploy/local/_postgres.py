@@ -327,8 +327,9 @@ def bootstrap(db: DbUrls, layout: Layout) -> None:
     """Create or repair the roles and the ``energy`` database; safe to run on every start.
 
     Roles are created if missing and their passwords (re)set from ``secrets/``, so
-    the files and the server always agree. The reader is read-only by default and
-    gets SELECT on every table the writer creates (default privileges).
+    the files and the server always agree. The reader is read-only by default; its
+    grants are the migrations' (``energy_grant_reader``, sql/0008), applied when they
+    run and re-applied here on later starts in case the role was re-created.
     """
     import psycopg
     from psycopg import sql
@@ -347,19 +348,16 @@ def bootstrap(db: DbUrls, layout: Layout) -> None:
         conn.execute(f"ALTER ROLE {READER} SET default_transaction_read_only = on")
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
             conn.execute(f"CREATE DATABASE {DATABASE} OWNER {WRITER}")
-        conn.execute(f"GRANT CONNECT ON DATABASE {DATABASE} TO {READER}")
     energy_admin = db.admin.rsplit("/", 1)[0] + f"/{DATABASE}"
     with psycopg.connect(energy_admin, autocommit=True) as conn:
         # PostgreSQL 15 took CREATE on schema public away from PUBLIC; the writer
         # runs the migrations, so it owns the schema.
         conn.execute(f"ALTER SCHEMA public OWNER TO {WRITER}")
-        conn.execute(f"GRANT USAGE ON SCHEMA public TO {READER}")
-        conn.execute(
-            f"ALTER DEFAULT PRIVILEGES FOR ROLE {WRITER} IN SCHEMA public "
-            f"GRANT SELECT ON TABLES TO {READER}"
-        )
-        # Tables that predate the default privileges (none on a fresh stack).
-        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER}")
+    # As the writer: default privileges are those of the role that creates the tables.
+    with psycopg.connect(db.writer, autocommit=True) as conn:
+        migrated = conn.execute("SELECT to_regprocedure('energy_grant_reader(name)') IS NOT NULL")
+        if migrated.fetchone() == (True,):
+            conn.execute("SELECT energy_grant_reader(%s)", (READER,))
 
 
 def remove_external(layout: Layout) -> None:

@@ -4,8 +4,9 @@
 #
 #   energy_writer  owns database `energy` and schema public; runs the migrations
 #                  (`python -m consumers migrate`) and is the consumers' only role.
-#   energy_reader  read-only (default_transaction_read_only=on); SELECT on every table
-#                  the writer creates (default privileges), for the analytics API.
+#   energy_reader  read-only (default_transaction_read_only=on), for the analytics API.
+#                  Its grants are not here: the migrations give them (energy_grant_reader,
+#                  sql/0008): SELECT on every table the writer creates, nothing else.
 #
 # The image runs this ONCE, when the data volume is empty. To change a password
 # later, ALTER ROLE by hand (or `docker compose down -v` to start over, data lost).
@@ -26,13 +27,9 @@ CREATE ROLE energy_writer WITH LOGIN PASSWORD :'writer_password';
 CREATE ROLE energy_reader WITH LOGIN PASSWORD :'reader_password';
 ALTER ROLE energy_reader SET default_transaction_read_only = on;
 CREATE DATABASE energy OWNER energy_writer;
-GRANT CONNECT ON DATABASE energy TO energy_reader;
 
 \connect energy
 -- PostgreSQL 15+ took CREATE on schema public away from PUBLIC; the writer runs the
 -- migrations, so it owns the schema.
 ALTER SCHEMA public OWNER TO energy_writer;
-GRANT USAGE ON SCHEMA public TO energy_reader;
-ALTER DEFAULT PRIVILEGES FOR ROLE energy_writer IN SCHEMA public
-    GRANT SELECT ON TABLES TO energy_reader;
 SQL

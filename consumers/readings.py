@@ -2,15 +2,15 @@
 
 Each write is ONE transaction. Inside it:
 
-1. rows repeated within the batch are dropped (first occurrence wins);
-2. history gets a straight binary COPY (the fast path); if any row is already
-   stored, a unique violation rolls back to a savepoint and the rows go through
-   a staging table with ``ON CONFLICT DO NOTHING`` (the duplicate-tolerant path);
-3. a row the database refuses as invalid is isolated by bisection inside
+1. history gets a straight binary COPY (the fast path); if any row is already
+   stored or repeats within the batch, a unique violation rolls back to a
+   savepoint and the first occurrences go through a staging table with
+   ``ON CONFLICT DO NOTHING`` (the duplicate-tolerant path: first write wins);
+2. a row the database refuses as invalid is isolated by bisection inside
    savepoints and reported as rejected, while the rest of the batch is written;
-4. the hourly rollups get the counts and sums of the rows actually inserted
+3. the hourly rollups get the counts and sums of the rows actually inserted
    (a replayed row was not inserted, so it is never counted twice);
-5. live status is upserted from the newest reading per device.
+4. live status is upserted from the newest reading per device.
 
 Transient failures (connection lost, server restarting, serialization or
 deadlock, statement timeout) raise :class:`SinkUnavailable`: nothing was
@@ -60,21 +60,22 @@ class ReadingSink:
         """
 
         async def work() -> WriteResult:
-            unique, duplicates = _first_occurrences(entries)
-            inserted, refused = await self._insert(conn, unique)
+            inserted, refused = await self._insert(conn, entries)
             await self._add_to_rollup(conn, inserted)
+            stored = entries
             if refused:
                 gone = {id(entry) for entry, _ in refused}
-                unique = [e for e in unique if id(e) not in gone]
-            await self._upsert_live(conn, list(map(_value, unique)))
-            duplicates += len(unique) - len(inserted)
-            rejected = [Rejected(entry.source, "database", reason) for entry, reason in refused]
-            return WriteResult(len(inserted), duplicates, rejected)
+                stored = [e for e in entries if id(e) not in gone]
+            # Repeats within the batch and rows stored before were not inserted;
+            # live status takes the first of equal timestamps, as history did.
+            await self._upsert_live(conn, list(map(_value, stored)))
+            rejected = [Rejected(entry[1], "database", reason) for entry, reason in refused]
+            return WriteResult(len(inserted), len(stored) - len(inserted), rejected)
 
         return await in_transaction(conn, work)
 
     async def _insert(
-        self, conn: AsyncConnection, entries: list[Entry[Row]]
+        self, conn: AsyncConnection, entries: Sequence[Entry[Row]]
     ) -> tuple[list[Row], list[tuple[Entry[Row], str]]]:
         """The rows really inserted, and the entries the database refused, with why."""
         if not entries:
@@ -100,10 +101,11 @@ class ReadingSink:
             pass
         else:
             return rows
-        # Some rows are stored already (a replay or a device retry): stage
-        # everything and keep only what is new.
+        # Some rows are stored already (a replay or a device retry), or a row
+        # repeats within the batch: stage the first occurrences and keep only
+        # what is new.
         await conn.execute(self._create_staging)
-        await self._copy_rows(conn, self._copy_staging, rows)
+        await self._copy_rows(conn, self._copy_staging, first_occurrences(rows))
         cur = await conn.execute(self._merge)
         inserted: list[Row] = await cur.fetchall()
         await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table.staging)))
@@ -140,8 +142,14 @@ def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> lis
     """Per (device, UTC hour): the hour, the number of rows, and each summed value."""
     acc: dict[tuple[str, int], list[float]] = {}
     indexes = [index for _, index in sums]
+    # Heartbeats of one minute share their timestamp: find each one's hour once.
+    hours: dict[datetime, int] = {}
     for row in rows:
-        key = (row[0], int(row[1].timestamp()) // 3600)
+        recorded_at = row[1]
+        hour = hours.get(recorded_at)
+        if hour is None:
+            hour = hours[recorded_at] = int(recorded_at.timestamp()) // 3600
+        key = (row[0], hour)
         slot = acc.get(key)
         if slot is None:
             acc[key] = [1, *(row[i] for i in indexes)]
@@ -165,16 +173,13 @@ def coalesce_latest(rows: Sequence[Row]) -> list[Row]:
     return list(latest.values())
 
 
-def _first_occurrences(entries: Sequence[Entry[Row]]) -> tuple[list[Entry[Row]], int]:
-    """The entries whose (device, timestamp) is not repeated earlier in the batch."""
-    # The common case, no repeats, is decided at C speed.
-    keys = list(map(row_key, map(_value, entries)))
-    if len(set(keys)) == len(entries):
-        return list(entries), 0
-    seen: set[object] = set()
-    unique: list[Entry[Row]] = []
-    for key, entry in zip(keys, entries, strict=True):
+def first_occurrences(rows: Sequence[Row]) -> list[Row]:
+    """``rows`` less those whose (device, timestamp) came earlier in them (first wins)."""
+    seen: set[tuple[str, datetime]] = set()
+    unique: list[Row] = []
+    for row in rows:
+        key = row_key(row)
         if key not in seen:
             seen.add(key)
-            unique.append(entry)
-    return unique, len(entries) - len(unique)
+            unique.append(row)
+    return unique

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from consumers.batch import Batch, Entry
+from consumers.batch import Batch
 from consumers.connection import WriterConnection
 from consumers.migrate import prepare_database
 from consumers.sink import WriteResult
@@ -247,7 +247,7 @@ def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> l
             sink = sink_for(stream, db)
             results = []
             for b, items in enumerate(batches):
-                entries = [Entry(item, f"{b}:{i}") for i, item in enumerate(items)]
+                entries = [(item, f"{b}:{i}") for i, item in enumerate(items)]
                 batch = (
                     Batch(offsets={}, links=entries)
                     if stream is Stream.LINKS

@@ -73,17 +73,17 @@ def test_decode_keeps_each_valid_event_with_its_record_and_each_poison_with_why(
     batch = Batch.decode(polled(), Stream.VEHICLE, DEFAULT_LIMITS)
     assert batch.offsets == {TopicPartition(TOPIC, 0): 13, TopicPartition(TOPIC, 2): 42}
     assert batch.records == 5
-    assert [(e.source.partition, e.source.offset) for e in batch.readings] == [
+    assert [(source.partition, source.offset) for _, source in batch.readings] == [
         (0, 10),
         (0, 12),
         (2, 40),
     ]
-    assert [e.value[:2] for e in batch.readings] == [
+    assert [row[:2] for row, _ in batch.readings] == [
         ("B1", NOW - timedelta(minutes=5)),
         ("B1", NOW - timedelta(minutes=1)),
         ("B2", NOW - timedelta(minutes=3)),
     ]
-    assert batch.readings[1].value[3] == 0.25
+    assert batch.readings[1][0][3] == 0.25
     assert batch.newest == NOW - timedelta(minutes=1)
     assert [(p.partition, p.offset, p.error_class) for p in batch.poison] == [
         (0, 11, "json"),
@@ -103,7 +103,7 @@ def test_links_decode_to_links() -> None:
     )
     assert batch.readings == []
     assert batch.poison == []
-    assert [(type(e.value), e.source) for e in batch.links] == [(VehicleMeterLink, source)]
+    assert [(type(link), record) for link, record in batch.links] == [(VehicleMeterLink, source)]
     assert batch.newest is None
 
 
@@ -111,7 +111,7 @@ def test_only_drops_the_records_of_revoked_partitions_without_decoding_again() -
     batch = Batch.decode(polled(), Stream.VEHICLE, DEFAULT_LIMITS)
     kept = batch.only({TopicPartition(TOPIC, 2), TopicPartition(TOPIC, 5)})
     assert kept.offsets == {TopicPartition(TOPIC, 2): 42}
-    assert [e.source.offset for e in kept.readings] == [40]
+    assert [source.offset for _, source in kept.readings] == [40]
     assert [p.offset for p in kept.poison] == [41]
     assert kept.records == 2
     assert kept.newest == NOW - timedelta(minutes=3)

@@ -89,3 +89,23 @@ def test_links_replay_close_and_conflict(env: ModuleEnv) -> None:
         "SELECT meter_id, valid_from, valid_to FROM vehicle_meter_links"
         " WHERE vehicle_id = 'lv' ORDER BY valid_from"
     ) == [("m-a", _minute(0), _minute(60)), ("m-b", _minute(60), None)]
+
+
+def test_a_repeat_within_one_new_batch_is_stored_once_first_write_wins(env: ModuleEnv) -> None:
+    rows = [
+        ("rep-m", _minute(0), 0.5, 230.0),
+        ("rep-m", _minute(1), 0.25, 231.0),
+        ("rep-m", _minute(1), 9.0, 239.0),  # the device sent minute 1 twice
+    ]
+    assert _write(env, Stream.METER, rows) == WriteResult(inserted=2, duplicates=1)
+    assert env.query(
+        "SELECT recorded_at, kwh_consumed_ac FROM meter_readings_history"
+        " WHERE meter_id = 'rep-m' ORDER BY recorded_at"
+    ) == [(_minute(0), 0.5), (_minute(1), 0.25)]
+    assert env.query(
+        "SELECT recorded_at, voltage FROM meter_live_status WHERE meter_id = 'rep-m'"
+    ) == [(_minute(1), 231.0)]
+    assert env.query(
+        "SELECT sum(readings)::int, sum(kwh_consumed_ac) FROM meter_hourly_rollup"
+        " WHERE meter_id = 'rep-m'"
+    ) == [(2, 0.75)]

@@ -5,8 +5,8 @@ small request through FastAPI's router, dependency solver, exception and
 exit-stack layers cost about 80 us of CPU: more than reading, validating and
 publishing the event itself, and the largest share of a one-event request.
 For a ``POST`` to exactly one of the ingest paths, this middleware calls the
-route's endpoint itself, after the API-key check, and answers a
-:class:`GatewayError` with the app's own error handler. Every other request,
+route's endpoint itself, after the API-key check, and answers an
+:class:`~schemas.web.ApiError` with the app's own error handler. Every other request,
 and the OpenAPI description of these routes, stays with FastAPI.
 
 It only takes routes it can serve identically: endpoints whose single
@@ -17,7 +17,7 @@ dependency added to a route later cannot be skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -25,10 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest_gateway.auth import require_api_key
-from ingest_gateway.errors import GatewayError
-
-ErrorHandler = Callable[[Request, GatewayError], Awaitable[Response]]
+from schemas.web import ApiError, ErrorHandler, require_api_key
 
 
 def _servable(route: APIRoute) -> bool:
@@ -81,6 +78,6 @@ class IngestFastPath:
         try:
             await require_api_key(request)
             response: Response = await route.endpoint(request)
-        except GatewayError as exc:
+        except ApiError as exc:
             response = await self.on_error(request, exc)
         await response(scope, receive, send)

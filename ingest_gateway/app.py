@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.middleware import Middleware
 
 from ingest_gateway import metrics
-from ingest_gateway.fastpath import IngestFastPath
+from ingest_gateway.fastpath import IngestFastPath, fast_routes
 from ingest_gateway.publisher import KafkaPublisher
 from ingest_gateway.routes import ingest
 from ingest_gateway.settings import GatewaySettings
@@ -19,9 +19,18 @@ from schemas.web import ApiError, Readiness, api_app, error_response
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    """Build the gateway. Raises ``ValueError`` when no API key is configured."""
+    """Build the gateway.
+
+    Raises ``ValueError`` when no API key is configured, or when the fast path
+    (``fast_path`` setting) could not serve an ingest route exactly as FastAPI would.
+    """
     settings = settings or GatewaySettings()
     keys = settings.required_keys()
+    middleware = []
+    if settings.fast_path:
+        # Checked here, so a route it cannot serve stops the process before it serves.
+        routes = fast_routes(ingest.router.routes)
+        middleware.append(Middleware(IngestFastPath, routes=routes, on_error=_error))
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
         settings.publish_timeout_s,
@@ -59,7 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ),
         on_error=_error,
         # Inside the request metrics: fast-path requests are counted too.
-        middleware=[Middleware(IngestFastPath, routes=ingest.router.routes, on_error=_error)],
+        middleware=middleware,
     )
     app.state.gateway = GatewayState(
         settings=settings,

@@ -38,3 +38,6 @@ class GatewaySettings(
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_batch_events: int = Field(default=10_000, ge=1)
     linger_ms: int = Field(default=5, ge=0, le=1000)
+    #: Serve the ingest routes on the fast path (:mod:`ingest_gateway.fastpath`); false sends
+    #: every request through FastAPI's routing, dependencies and exception handlers.
+    fast_path: bool = True

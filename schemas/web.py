@@ -207,6 +207,7 @@ def serve(factory: str, settings: ServeSettings) -> None:
     a fresh directory (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
     multiprocess mode) and ``/metrics`` adds them up. A directory given by the
     environment is used as it is (whoever provides it empties it before a start).
+    A factory or lifespan that fails stops the process (exit 1) before it serves.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -228,6 +229,9 @@ def serve(factory: str, settings: ServeSettings) -> None:
             log_level=settings.log_level.lower(),
             access_log=False,
             proxy_headers=False,
+            # "auto" would take an app failing at lifespan start-up for one
+            # without a lifespan, and serve it without its Kafka producer or pool.
+            lifespan="on",
         )
     finally:
         if own_dir is not None:

@@ -12,14 +12,7 @@ from schemas.web import serve
 
 def main() -> int:
     """Run ``ANALYTICS_WORKERS`` processes on ``ANALYTICS_HOST:ANALYTICS_PORT`` until stopped."""
-    settings = AnalyticsSettings()
-    serve(
-        "analytics_api.app:create_app",
-        settings.host,
-        settings.port,
-        settings.workers,
-        settings.log_level,
-    )
+    serve("analytics_api.app:create_app", AnalyticsSettings())
     return 0
 
 

@@ -1,23 +1,15 @@
-"""Analytics API errors; one handler in ``app.py`` turns each into its HTTP answer."""
+"""Analytics API errors; one handler in ``app.py`` turns each into its HTTP answer.
+
+A missing or unknown API key is :class:`schemas.web.Unauthorized`, shared with the gateway.
+"""
 
 from __future__ import annotations
 
-from schemas.web import ApiError
+from schemas.web import ApiError, InvalidRequest, Unavailable
 
 
 class AnalyticsError(ApiError):
     """Root of the analytics API's errors; ``app.py`` answers each with its status and JSON body."""
-
-
-class Unauthorized(AnalyticsError):
-    """No API key, or not one we know."""
-
-    status = 401
-    code = "unauthorized"
-
-    def headers(self) -> dict[str, str]:
-        """Tell the client which scheme to use."""
-        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(AnalyticsError):
@@ -27,20 +19,11 @@ class NotFound(AnalyticsError):
     code = "not_found"
 
 
-class InvalidQuery(AnalyticsError):
-    """A parameter is malformed or out of range; ``errors`` names it."""
-
-    status = 422
-    code = "validation_failed"
+class InvalidQuery(AnalyticsError, InvalidRequest):
+    """A parameter is malformed or out of range (422); ``errors`` names it."""
 
 
-class DatabaseUnavailable(AnalyticsError):
-    """PostgreSQL did not answer in time; safe to retry."""
+class DatabaseUnavailable(AnalyticsError, Unavailable):
+    """PostgreSQL did not answer in time (503, ``Retry-After: 2``); safe to retry."""
 
-    status = 503
     code = "database_unavailable"
-    retriable = True
-
-    def headers(self) -> dict[str, str]:
-        """When to come back."""
-        return {"Retry-After": "2"}

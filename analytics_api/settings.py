@@ -5,21 +5,20 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.settings import ApiKeySettings
+from schemas.settings import ApiKeySettings, Port, ServeSettings
 
 
-class AnalyticsSettings(ApiKeySettings, BaseSettings):
+class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
     """Everything the analytics API needs. Connect it with the read-only role.
 
-    More API keys may come from a file ``analytics_api_keys`` in ``ANALYTICS_SECRETS_DIR``.
+    Listen address, workers and API keys are the shared groups of :mod:`schemas.settings`;
+    more keys may come from a file ``analytics_api_keys`` in ``ANALYTICS_SECRETS_DIR``.
     """
 
     model_config = SettingsConfigDict(env_prefix="ANALYTICS_", extra="ignore", frozen=True)
     api_key_file = "analytics_api_keys"
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8081, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    port: Port = 8081
 
     database_url: SecretStr = SecretStr("postgresql://energy_reader@127.0.0.1:15432/energy")
     pool_min_size: int = Field(default=1, ge=0)
@@ -33,4 +32,3 @@ class AnalyticsSettings(ApiKeySettings, BaseSettings):
     low_efficiency_threshold: float = Field(default=0.85, gt=0, le=1)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
-    log_level: str = "INFO"

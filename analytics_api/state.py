@@ -10,8 +10,7 @@ from analytics_api.settings import AnalyticsSettings
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsState:
-    """Settings, API keys and the database reader of one app instance."""
+    """Settings and the database reader of one app instance."""
 
     settings: AnalyticsSettings
     reader: Reader
-    api_keys: frozenset[str]

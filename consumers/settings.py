@@ -11,9 +11,7 @@ from schemas.settings import TopicSettings, ValidationSettings
 class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     """Everything a worker needs; topics and validation bounds as in :mod:`schemas.settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CONSUMER_", secrets_dir=None, extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="CONSUMER_", extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
     database_url: SecretStr = SecretStr("postgresql://energy_writer@127.0.0.1:15432/energy")

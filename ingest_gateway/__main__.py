@@ -12,14 +12,7 @@ from schemas.web import serve
 
 def main() -> int:
     """Run ``GATEWAY_WORKERS`` processes on ``GATEWAY_HOST:GATEWAY_PORT`` until stopped."""
-    settings = GatewaySettings()
-    serve(
-        "ingest_gateway.app:create_app",
-        settings.host,
-        settings.port,
-        settings.workers,
-        settings.log_level,
-    )
+    serve("ingest_gateway.app:create_app", GatewaySettings())
     return 0
 
 

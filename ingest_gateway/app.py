@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from starlette.middleware import Middleware
 
 from ingest_gateway import metrics
-from ingest_gateway.errors import GatewayError
-from ingest_gateway.fastpath import IngestFastPath
+from ingest_gateway.fastpath import IngestFastPath, fast_routes
 from ingest_gateway.publisher import KafkaPublisher
-from ingest_gateway.routes import health, ingest
+from ingest_gateway.routes import ingest
 from ingest_gateway.settings import GatewaySettings
 from ingest_gateway.state import GatewayState
-from schemas.web import RequestMetrics, error_response, request_invalid
-
-log = logging.getLogger("ingest_gateway")
+from schemas.web import ApiError, Readiness, api_app, error_response
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    """Build the gateway. Raises ``ValueError`` when no API key is configured."""
+    """Build the gateway.
+
+    Raises ``ValueError`` when no API key is configured, or when the fast path
+    (``fast_path`` setting) could not serve an ingest route exactly as FastAPI would.
+    """
     settings = settings or GatewaySettings()
-    keys = settings.accepted_keys()
-    if not keys:
-        raise ValueError("no API key configured: set GATEWAY_API_KEYS (comma-separated)")
+    keys = settings.required_keys()
+    middleware = []
+    if settings.fast_path:
+        # Checked here, so a route it cannot serve stops the process before it serves.
+        routes = fast_routes(ingest.router.routes)
+        middleware.append(Middleware(IngestFastPath, routes=routes, on_error=_error))
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
         settings.publish_timeout_s,
@@ -48,30 +50,37 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await publisher.stop()
 
-    app = FastAPI(
+    app = api_app(
+        service="gateway",
         title="Energy ingest gateway",
-        version="1",
         summary="Validates meter and vehicle telemetry and publishes it to Kafka.",
         lifespan=lifespan,
+        api_keys=keys,
+        # The fast path reads the routes of this router as they are: include it
+        # without include-time dependencies, prefix or limits.
+        routers=[ingest.router],
+        readiness=Readiness(
+            dependency="kafka",
+            probe=publisher.ready,
+            retry_after_s=settings.retry_after_s,
+            summary="Kafka answers: events can be accepted",
+            description="200 when a Kafka broker answers a metadata request, else 503.",
+        ),
+        on_error=_error,
+        # Inside the request metrics: fast-path requests are counted too.
+        middleware=middleware,
     )
     app.state.gateway = GatewayState(
         settings=settings,
         publisher=publisher,
         topics=settings.topics(),
         limits=settings.limits(),
-        api_keys=keys,
     )
-    app.include_router(ingest.router)
-    app.include_router(health.router)
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, request_invalid)  # type: ignore[arg-type]
-    # Added first, so it runs inside RequestMetrics: fast-path requests are counted too.
-    app.add_middleware(IngestFastPath, routes=ingest.router.routes, on_error=_gateway_error)
-    app.add_middleware(RequestMetrics, requests=metrics.REQUESTS, seconds=metrics.REQUEST_SECONDS)
     return app
 
 
-async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+async def _error(request: Request, exc: ApiError) -> Response:
+    """Answer ``exc``; a body refused for its size or content counts as rejected events."""
     if exc.status in (413, 422):
         metrics.EVENTS_REJECTED.labels(exc.code).inc()
     return error_response(exc)

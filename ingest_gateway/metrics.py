@@ -1,10 +1,15 @@
-"""Prometheus metrics of the gateway (served at ``GET /metrics``)."""
+"""Prometheus metrics of the gateway (served at ``GET /metrics``).
+
+Its HTTP request metrics, ``energy_gateway_requests_total`` and
+``energy_gateway_request_seconds``, are the ones every API has: :mod:`schemas.http_metrics`.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-REQUESTS = Counter("energy_gateway_requests_total", "HTTP requests answered.", ["route", "status"])
+from schemas.http_metrics import LATENCY_BUCKETS
+
 EVENTS_ACCEPTED = Counter(
     "energy_gateway_events_accepted_total", "Events acknowledged by Kafka.", ["stream"]
 )
@@ -16,16 +21,10 @@ EVENTS_REJECTED = Counter(
 PUBLISH_SECONDS = Histogram(
     "energy_gateway_publish_seconds",
     "Time from the first send to Kafka's acknowledgement of a request's events.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=LATENCY_BUCKETS,
 )
 PUBLISH_FAILURES = Counter(
     "energy_gateway_publish_failures_total",
     "Requests answered 503 because Kafka did not ack.",
     ["cause"],
-)
-REQUEST_SECONDS = Histogram(
-    "energy_gateway_request_seconds",
-    "Request latency by route.",
-    ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )

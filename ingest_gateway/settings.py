@@ -5,24 +5,29 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.settings import ApiKeySettings, TopicSettings, ValidationSettings
+from schemas.settings import (
+    ApiKeySettings,
+    Port,
+    ServeSettings,
+    TopicSettings,
+    ValidationSettings,
+)
 
 
-class GatewaySettings(TopicSettings, ValidationSettings, ApiKeySettings, BaseSettings):
+class GatewaySettings(
+    ServeSettings, TopicSettings, ValidationSettings, ApiKeySettings, BaseSettings
+):
     """Everything the gateway needs.
 
-    Topics, validation bounds and API keys are the shared groups of
-    :mod:`schemas.settings`; more keys may come from a file ``gateway_api_keys``
-    in ``GATEWAY_SECRETS_DIR``.
+    Listen address and workers (each worker has its own Kafka producer), topics,
+    validation bounds and API keys are the shared groups of :mod:`schemas.settings`;
+    more keys may come from a file ``gateway_api_keys`` in ``GATEWAY_SECRETS_DIR``.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
     api_key_file = "gateway_api_keys"
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    #: uvicorn worker processes (each has its own Kafka producer).
-    workers: int = Field(default=1, ge=1, le=64)
+    port: Port = 8080
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
 
@@ -33,4 +38,6 @@ class GatewaySettings(TopicSettings, ValidationSettings, ApiKeySettings, BaseSet
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_batch_events: int = Field(default=10_000, ge=1)
     linger_ms: int = Field(default=5, ge=0, le=1000)
-    log_level: str = "INFO"
+    #: Serve the ingest routes on the fast path (:mod:`ingest_gateway.fastpath`); false sends
+    #: every request through FastAPI's routing, dependencies and exception handlers.
+    fast_path: bool = True

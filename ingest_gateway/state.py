@@ -17,4 +17,3 @@ class GatewayState:
     publisher: KafkaPublisher
     topics: TopicNames
     limits: ValidationLimits
-    api_keys: frozenset[str]

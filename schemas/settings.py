@@ -7,9 +7,10 @@ stays the service's own (``GATEWAY_RETENTION_DAYS``, ``CONSUMER_RETENTION_DAYS``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -49,6 +50,23 @@ class ValidationSettings(BaseModel):
         )
 
 
+#: A TCP port to listen on.
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServeSettings(BaseModel):
+    """Where and how an HTTP API listens: ``<PREFIX>HOST``, ``PORT``, ``WORKERS``, ``LOG_LEVEL``.
+
+    :func:`schemas.web.serve` takes it; each API declares ``port`` with its own default.
+    """
+
+    host: str = "127.0.0.1"
+    port: Port
+    #: uvicorn worker processes; ``/metrics`` adds them up (see :func:`schemas.web.serve`).
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "INFO"
+
+
 class ApiKeySettings(BaseModel):
     """Accepted API keys, from a setting and, optionally, a mounted secret file."""
 
@@ -68,3 +86,15 @@ class ApiKeySettings(BaseModel):
             if secret.is_file():
                 raw += "," + secret.read_text()
         return parse_api_keys(raw)
+
+    def required_keys(self) -> frozenset[str]:
+        """:meth:`accepted_keys`, or ``ValueError`` naming the variable to set when there is none.
+
+        An API without a key would refuse every request, so it refuses to start instead.
+        """
+        keys = self.accepted_keys()
+        if not keys:
+            config: Mapping[str, object] = self.model_config
+            prefix = str(config.get("env_prefix", "")).upper()
+            raise ValueError(f"no API key configured: set {prefix}API_KEYS (comma-separated)")
+        return keys

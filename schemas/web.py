@@ -1,8 +1,10 @@
 """HTTP service plumbing shared by the gateway and the analytics API.
 
-The two APIs must answer errors, count requests, expose metrics and run under
-uvicorn the same way; this module is that one way, so neither service imports
-the other. (It needs the web stack; the consumers never import it.)
+The two APIs must check API keys, answer errors, report health, count
+requests and run under uvicorn the same way; this module is that one way, so
+neither service imports the other. :func:`api_app` builds an app with all of
+it; the service adds its state. (It needs the web stack; the consumers never
+import it.)
 """
 
 from __future__ import annotations
@@ -11,27 +13,20 @@ import logging
 import os
 import shutil
 import tempfile
-import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import uvicorn
-from fastapi import Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware import Middleware
 
-from schemas.http import error_body
-
-#: The variable prometheus_client reads, in each worker, when it is imported.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from schemas.http import authorization_problem, error_body
+from schemas.http_metrics import MULTIPROC_ENV, RequestMetrics, Service, metrics_response
+from schemas.settings import ServeSettings
 
 
 class ApiError(Exception):
@@ -51,6 +46,46 @@ class ApiError(Exception):
         return {}
 
 
+class Unauthorized(ApiError):
+    """No API key, or not one we know."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        """Tell the client which scheme to use."""
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidRequest(ApiError):
+    """The request breaks a rule (422); ``errors`` names each failing field."""
+
+    status = 422
+    code = "validation_failed"
+
+
+class Unavailable(ApiError):
+    """What the API stands on (Kafka, PostgreSQL) did not answer in time: 503, safe to retry.
+
+    Each API names its own with a ``code``; the answer says when to come back.
+    """
+
+    status = 503
+    retriable = True
+
+    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """When to come back."""
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+#: How an app answers an :class:`ApiError` (the gateway counts some on the way).
+ErrorHandler = Callable[[Request, ApiError], Coroutine[Any, Any, Response]]
+
+
 def error_response(exc: ApiError) -> JSONResponse:
     """The JSON answer to ``exc``: its status, headers and the shared error body."""
     return JSONResponse(
@@ -58,69 +93,113 @@ def error_response(exc: ApiError) -> JSONResponse:
     )
 
 
+async def api_error(request: Request, exc: ApiError) -> Response:
+    """The exception handler of :class:`ApiError`: :func:`error_response`."""
+    return error_response(exc)
+
+
 async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 for a malformed path or query parameter, naming each one."""
     errors = [
         {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
     ]
-    return JSONResponse(
-        error_body("validation_failed", "request is not valid", errors), status_code=422
+    return error_response(InvalidRequest("request is not valid", errors))
+
+
+async def require_api_key(request: Request) -> None:
+    """The dependency of every ``/v1`` route: ``Authorization: Bearer <key>``, a key of the app.
+
+    Raises :class:`Unauthorized` otherwise. The keys are the ones :func:`api_app` was given.
+    """
+    keys: frozenset[str] = request.app.state.api_keys
+    problem = authorization_problem(request.headers.get("authorization"), keys)
+    if problem is not None:
+        raise Unauthorized(problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What ``GET /readyz`` checks: the one service the API cannot answer without.
+
+    ``probe`` says whether it answers now; ``dependency`` names it in the JSON
+    body (``{"status": "ready", "<dependency>": "ok"}``); a 503 carries
+    ``Retry-After: retry_after_s``. ``summary`` and ``description`` document
+    the route in OpenAPI.
+    """
+
+    dependency: str
+    probe: Callable[[], Awaitable[bool]]
+    retry_after_s: int
+    summary: str
+    description: str
+
+
+def health_router(readiness: Readiness) -> APIRouter:
+    """``GET /healthz``, ``/readyz``, ``/metrics``: no key needed (orchestrators, Prometheus)."""
+    router = APIRouter()
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        """Always 200 while the process serves HTTP."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary=readiness.summary, description=readiness.description)
+    async def readyz() -> JSONResponse:
+        # OpenAPI shows ``readiness.description``: each API says what it probes.
+        if await readiness.probe():
+            return JSONResponse({"status": "ready", readiness.dependency: "ok"})
+        return JSONResponse(
+            {"status": "not ready", readiness.dependency: "unreachable"},
+            status_code=503,
+            headers={"Retry-After": str(readiness.retry_after_s)},
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition, summed over every worker process when there are several."""
+        return metrics_response()
+
+    return router
+
+
+def api_app(
+    *,
+    service: Service,
+    title: str,
+    summary: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    api_keys: frozenset[str],
+    routers: Sequence[APIRouter],
+    readiness: Readiness,
+    on_error: ErrorHandler = api_error,
+    middleware: Sequence[Middleware] = (),
+) -> FastAPI:
+    """An API as both services build theirs.
+
+    ``routers`` then the health routes (:func:`health_router`); ``api_keys``
+    for :func:`require_api_key`; :class:`ApiError` answered by ``on_error``,
+    a malformed parameter by :func:`request_invalid`; requests counted as
+    ``energy_<service>_requests_total`` (:mod:`schemas.http_metrics`) around
+    ``middleware``, whatever answers them.
+    """
+    app = FastAPI(
+        title=title,
+        version="1",
+        summary=summary,
+        lifespan=lifespan,
+        exception_handlers={ApiError: on_error, RequestValidationError: request_invalid},
+        # Outermost first: the metrics see every request, whichever middleware answers it.
+        middleware=[Middleware(RequestMetrics, service=service), *middleware],
     )
+    app.state.api_keys = api_keys
+    for router in routers:
+        app.include_router(router)
+    app.include_router(health_router(readiness))
+    return app
 
 
-class RequestMetrics:
-    """Counts requests by route template and status, and times them (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp, requests: Counter, seconds: Histogram) -> None:
-        self.app = app
-        self._requests = requests
-        self._seconds = seconds
-        # Labelled children, looked up once: ``labels()`` costs microseconds per
-        # call, and routes x statuses is a small, bounded set.
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-
-    def _metrics_of(self, path: str, status: int) -> tuple[Counter, Histogram]:
-        children = self._children.get((path, status))
-        if children is None:
-            children = (self._requests.labels(path, str(status)), self._seconds.labels(path))
-            self._children[(path, status)] = children
-        return children
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            requests, seconds = self._metrics_of(getattr(route, "path", "unmatched"), status)
-            requests.inc()
-            seconds.observe(time.perf_counter() - started)
-
-
-def metrics_response() -> Response:
-    """Prometheus text exposition, summed over every worker process when there are several."""
-    if os.environ.get(MULTIPROC_ENV):
-        # Multiprocess mode (see ``serve``): each worker writes its values to
-        # files; a registry built per scrape reads and adds them all up.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-def serve(factory: str, host: str, port: int, workers: int, log_level: str) -> None:
-    """Run ``factory`` (``module:function``) under uvicorn until stopped.
+def serve(factory: str, settings: ServeSettings) -> None:
+    """Run ``factory`` (``module:function``) under uvicorn, as ``settings`` say, until stopped.
 
     With ``workers`` > 1, uvicorn runs that many processes sharing the port.
     Each would count its own Prometheus metrics and ``/metrics`` would show
@@ -128,12 +207,14 @@ def serve(factory: str, host: str, port: int, workers: int, log_level: str) -> N
     a fresh directory (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
     multiprocess mode) and ``/metrics`` adds them up. A directory given by the
     environment is used as it is (whoever provides it empties it before a start).
+    A factory or lifespan that fails stops the process (exit 1) before it serves.
     """
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     own_dir = None
-    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Set before the workers start (they inherit it); a fresh directory, as
         # files left by an earlier run would be added to this run's counts.
         own_dir = tempfile.mkdtemp(prefix="energy-metrics-")
@@ -142,12 +223,15 @@ def serve(factory: str, host: str, port: int, workers: int, log_level: str) -> N
         uvicorn.run(
             factory,
             factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level.lower(),
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
             access_log=False,
             proxy_headers=False,
+            # "auto" would take an app failing at lifespan start-up for one
+            # without a lifespan, and serve it without its Kafka producer or pool.
+            lifespan="on",
         )
     finally:
         if own_dir is not None:

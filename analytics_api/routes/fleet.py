@@ -12,13 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from analytics_api.auth import require_api_key
 from analytics_api.errors import InvalidQuery, NotFound
 from analytics_api.export import csv_response, iso, wants_csv
 from analytics_api.queries import FLEET_ORDER
 from analytics_api.state import AnalyticsState
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_hour_window
+from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1/analytics", dependencies=[Depends(require_api_key)])
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from analytics_api.auth import require_api_key
 from analytics_api.errors import NotFound
 from analytics_api.state import AnalyticsState
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_window
+from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 

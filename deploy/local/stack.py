@@ -177,10 +177,7 @@ def _check_distinct(settings: Settings, with_apps: bool) -> None:
 
 
 def _run_migrations(writer_url: str) -> None:
-    """Apply the schema migrations as the writer (``python -m consumers migrate``), if any."""
-    if not (REPO_ROOT / "consumers" / "migrate.py").exists():
-        say("migrations: none yet")
-        return
+    """Apply the schema migrations as the writer (``python -m consumers migrate``)."""
     say("migrations: running `python -m consumers migrate`")
     env = dict(os.environ, CONSUMER_DATABASE_URL=writer_url)
     result = subprocess.run(

@@ -31,11 +31,6 @@ class SimEvent:
     at: datetime
     body: dict[str, Any]
 
-    @property
-    def is_meter(self) -> bool:
-        """A meter reading (else a vehicle reading or a link)."""
-        return "meterId" in self.body and "kwhConsumedAc" in self.body
-
 
 @dataclass(frozen=True, slots=True)
 class FleetConfig:

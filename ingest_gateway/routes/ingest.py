@@ -8,19 +8,21 @@ batch gives 422 naming each bad index and field, and nothing is published.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.types import DecoratedCallable
 
 from ingest_gateway import metrics
-from ingest_gateway.auth import require_api_key
 from ingest_gateway.body import link_message, media_type, parse_batch, read_body, reading_messages
 from ingest_gateway.errors import InvalidPayload
 from ingest_gateway.publisher import Message
 from ingest_gateway.state import GatewayState
 from schemas import InvalidEvent, parse_json
+from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -35,6 +37,19 @@ _BATCH_BODY = {
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "Acknowledged by Kafka: durable."}
 }
+
+
+def _accepting(
+    path: str, body: dict[str, Any], summary: str
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """``POST <path>``, answered 202 once Kafka acknowledged; ``body`` documents the request."""
+    return router.post(
+        path,
+        status_code=202,
+        responses=_ACCEPTED,
+        openapi_extra={"requestBody": body},
+        summary=summary,
+    )
 
 
 def _state(request: Request) -> GatewayState:
@@ -60,13 +75,7 @@ def _parse_one(body: bytes) -> Any:
         raise InvalidPayload(exc.reason) from None
 
 
-@router.post(
-    "/ingest",
-    status_code=202,
-    responses=_ACCEPTED,
-    openapi_extra={"requestBody": _EVENT_BODY},
-    summary="Ingest one meter or vehicle reading",
-)
+@_accepting("/ingest", _EVENT_BODY, "Ingest one meter or vehicle reading")
 async def ingest_one(request: Request) -> Response:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     state = _state(request)
@@ -76,13 +85,7 @@ async def ingest_one(request: Request) -> Response:
     return await _publish(state, messages)
 
 
-@router.post(
-    "/ingest/batch",
-    status_code=202,
-    responses=_ACCEPTED,
-    openapi_extra={"requestBody": _BATCH_BODY},
-    summary="Ingest a batch of readings (JSON array or NDJSON)",
-)
+@_accepting("/ingest/batch", _BATCH_BODY, "Ingest a batch of readings (JSON array or NDJSON)")
 async def ingest_batch(request: Request) -> Response:
     """Up to ``max_batch_events`` events, all accepted or none."""
     state = _state(request)
@@ -92,13 +95,7 @@ async def ingest_batch(request: Request) -> Response:
     return await _publish(state, messages)
 
 
-@router.post(
-    "/links",
-    status_code=202,
-    responses=_ACCEPTED,
-    openapi_extra={"requestBody": _EVENT_BODY},
-    summary="Link a vehicle to the meter that feeds it",
-)
+@_accepting("/links", _EVENT_BODY, "Link a vehicle to the meter that feeds it")
 async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     state = _state(request)

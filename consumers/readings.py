@@ -21,8 +21,9 @@ committed and the same batch can be written again. Links are applied by
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from psycopg import AsyncConnection, errors, sql
 
@@ -141,7 +142,8 @@ class ReadingSink:
 def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> list[Row]:
     """Per (device, UTC hour): the hour, the number of rows, and each summed value."""
     acc: dict[tuple[str, int], list[float]] = {}
-    indexes = [index for _, index in sums]
+    summed = _values_at([index for _, index in sums])
+    width = len(sums)
     # Heartbeats of one minute share their timestamp: find each one's hour once.
     hours: dict[datetime, int] = {}
     for row in rows:
@@ -150,17 +152,30 @@ def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> lis
         if hour is None:
             hour = hours[recorded_at] = int(recorded_at.timestamp()) // 3600
         key = (row[0], hour)
+        values = summed(row)
         slot = acc.get(key)
         if slot is None:
-            acc[key] = [1, *(row[i] for i in indexes)]
+            acc[key] = [1, *values]
         else:
             slot[0] += 1
-            for n, i in enumerate(indexes, start=1):
-                slot[n] += row[i]
-    return [
-        (device, datetime.fromtimestamp(hour * 3600, UTC), int(slot[0]), *slot[1:])
-        for (device, hour), slot in acc.items()
-    ]
+            for n in range(width):
+                slot[n + 1] += values[n]
+    hour_start: dict[int, datetime] = {}
+    deltas: list[Row] = []
+    for (device, hour), slot in acc.items():
+        start = hour_start.get(hour)
+        if start is None:
+            start = hour_start[hour] = datetime.fromtimestamp(hour * 3600, UTC)
+        deltas.append((device, start, int(slot[0]), *slot[1:]))
+    return deltas
+
+
+def _values_at(indexes: list[int]) -> Callable[[Row], tuple[Any, ...]]:
+    """The values of a row at ``indexes``, always as a tuple (at C speed for two or more)."""
+    if len(indexes) == 1:
+        (index,) = indexes
+        return lambda row: (row[index],)
+    return operator.itemgetter(*indexes)
 
 
 def coalesce_latest(rows: Sequence[Row]) -> list[Row]:

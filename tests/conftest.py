@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,20 @@ from consumers.worker import sink_for
 from deploy.local.kafka_tools import create_topics, delete_topics
 from deploy.local.services import (
     ROOT,
+    TEST_STACK,
+    Database,
     Services,
     create_database,
     drop_database,
+    free_port,
     session_services,
     with_database,
 )
 from schemas import Stream, TopicNames, dlq_topic
 
 TEMPLATE_DB = "energy_test_template"
+#: Where the consumer processes that tests start write their logs.
+WORKER_LOGS = TEST_STACK.layout.logs / "workers"
 API_KEY = "test-key-0123456789"
 T = TypeVar("T")
 
@@ -79,24 +83,12 @@ def template_db(services: Services) -> str:
     return TEMPLATE_DB
 
 
-@dataclass
-class ModuleEnv:
-    """One test module's private database, topics and consumer groups."""
+@dataclass(frozen=True)
+class ModuleEnv(Database):
+    """One test module's private database (see :class:`Database`), topics and consumer groups."""
 
-    services: Services
-    name: str
     topics: TopicNames
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def writer_url(self) -> str:
-        """Writer role on this module's database."""
-        return with_database(self.services.writer_url, self.name)
-
-    @property
-    def reader_url(self) -> str:
-        """Read-only role on this module's database."""
-        return with_database(self.services.reader_url, self.name)
 
     def connect(self) -> psycopg.Connection[Any]:
         """A writer connection (autocommit) for assertions."""
@@ -125,10 +117,9 @@ class ModuleEnv:
 
     def start_consumer(self, stream: str, **extra: str) -> subprocess.Popen[bytes]:
         """``python -m consumers <stream>`` as a real process; stopped at module end."""
-        log = ROOT / ".stack" / "test-logs"
-        log.mkdir(parents=True, exist_ok=True)
+        WORKER_LOGS.mkdir(parents=True, exist_ok=True)
         # The child keeps its own copy of the file descriptor.
-        with (log / f"{self.name}-{stream}-{len(self.processes)}.log").open("wb") as out:
+        with (WORKER_LOGS / f"{self.name}-{stream}-{len(self.processes)}.log").open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "consumers", stream],
                 cwd=ROOT,
@@ -138,14 +129,6 @@ class ModuleEnv:
             )
         self.processes.append(proc)
         return proc
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(

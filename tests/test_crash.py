@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from deploy.local.kafka_tools import produce_by_partition, read_all
 from deploy.local.services import crash_kafka, crash_postgres, start_infra
 from schemas import dlq_topic
-from tests.conftest import ModuleEnv, wait_for
+from tests.conftest import WORKER_LOGS, ModuleEnv, wait_for
 
 DEVICES = 1000
 MINUTES = 200
@@ -125,7 +125,7 @@ def _progress(env: ModuleEnv, workers: list[subprocess.Popen[bytes]]) -> str:
     alive = [w.pid for w in workers if w.poll() is None]
     return (
         f"history {_history(env):,} of {EVENTS:,}; {asyncio.run(offsets())};"
-        f" workers alive {alive} (logs in .stack/test-logs/{env.name}-vehicle-*.log)"
+        f" workers alive {alive} (logs in {WORKER_LOGS}/{env.name}-vehicle-*.log)"
     )
 
 

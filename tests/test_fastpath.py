@@ -26,11 +26,12 @@ from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deploy.local.kafka_tools import create_topics, delete_topics
+from deploy.local.services import free_port
 from ingest_gateway.app import create_app
 from ingest_gateway.settings import GatewaySettings
 from schemas import TopicNames
 from schemas.web import require_api_key
-from tests.conftest import API_KEY, ModuleEnv, free_port, wait_for
+from tests.conftest import API_KEY, ModuleEnv, wait_for
 
 BEARER = f"Bearer {API_KEY}"
 MAX_BODY_BYTES = 2048

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 
-from deploy.local.services import ROOT
+from deploy.local.services import ROOT, free_port
 from ingest_gateway.app import create_app
 from ingest_gateway.routes import ingest
 from ingest_gateway.settings import GatewaySettings
 from schemas.web import require_api_key
-from tests.conftest import API_KEY, free_port
+from tests.conftest import API_KEY
 
 
 def _settings(fast_path: bool) -> GatewaySettings:

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deploy.local.kafka_tools import create_topics, delete_topics, read_all
+from deploy.local.services import free_port
 from ingest_gateway.app import create_app
 from ingest_gateway.settings import GatewaySettings
-from tests.conftest import API_KEY, ModuleEnv, free_port, wait_for
+from tests.conftest import API_KEY, ModuleEnv, wait_for
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 

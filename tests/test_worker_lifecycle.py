@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from deploy.local.kafka_tools import produce
-from tests.conftest import ModuleEnv, free_port, wait_for
+from deploy.local.services import free_port
+from tests.conftest import ModuleEnv, wait_for
 
 
 def _reading(meter_id: str, minutes_ago: int) -> bytes:

@@ -40,7 +40,11 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
         return
     consumer, producer = clients
     try:
-        async with WriterConnection(settings.database_url.get_secret_value()) as db:
+        async with WriterConnection(
+            settings.database_url.get_secret_value(),
+            statement_timeout_s=settings.statement_timeout_s,
+            lock_timeout_s=settings.lock_timeout_s,
+        ) as db:
             worker = StreamWorker(
                 settings,
                 stream,

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 
 from consumers.errors import SinkUnavailable
 
@@ -37,11 +38,29 @@ async def in_transaction(conn: AsyncConnection, work: Callable[[], Awaitable[T]]
 
 
 class WriterConnection:
-    """Lazily opened, health-checked connection; use ``async with``."""
+    """Lazily opened, health-checked connection; use ``async with``.
 
-    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0) -> None:
+    The session cancels a statement after ``statement_timeout_s`` and a lock
+    wait after ``lock_timeout_s``, and TCP keepalives plus a user timeout
+    notice a server or network that went silent: every way of hanging ends
+    in an error, which the worker retries.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        connect_timeout_s: float = 5.0,
+        statement_timeout_s: float = 60.0,
+        lock_timeout_s: float = 30.0,
+    ) -> None:
         self._conninfo = conninfo
         self._connect_timeout_s = connect_timeout_s
+        # Added to whatever ``options`` the URL carries, not in place of them.
+        given = conninfo_to_dict(conninfo).get("options") or ""
+        self._options = (
+            f"{given} -c statement_timeout={int(statement_timeout_s * 1000)}"
+            f" -c lock_timeout={int(lock_timeout_s * 1000)}"
+        ).strip()
         self._conn: AsyncConnection | None = None
 
     async def get(self) -> AsyncConnection:
@@ -54,6 +73,12 @@ class WriterConnection:
                 self._conninfo,
                 connect_timeout=max(1, int(self._connect_timeout_s)),
                 application_name="energy-consumer",
+                options=self._options,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
             )
         except psycopg.Error as exc:
             raise SinkUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -24,6 +24,12 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=5.0, gt=0)
 
+    #: A statement of the writer that runs longer than this, or waits longer
+    #: than ``lock_timeout_s`` for a lock, is cancelled and its batch retried:
+    #: a worker never hangs on a stuck server or a held lock.
+    statement_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    lock_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
     #: Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = Field(default=7, ge=1, le=366)
     #: How often each worker runs partition maintenance (one at a time).

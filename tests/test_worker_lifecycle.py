@@ -92,3 +92,28 @@ def test_sigterm_during_a_database_outage_exits_0_and_commits_nothing(env: Modul
     # database reads the record again and stores it.
     env.start_consumer("meter", CONSUMER_GROUP_ID_PREFIX=f"{env.name}-outage")
     wait_for(lambda: _stored(env, "LC-2") == 1)
+
+
+def test_a_held_lock_times_out_is_retried_and_the_batch_lands_once_released(
+    env: ModuleEnv,
+) -> None:
+    port = free_port()
+    worker = env.start_consumer(
+        "meter",
+        CONSUMER_LOCK_TIMEOUT_S="0.5",
+        CONSUMER_METRICS_PORT=str(port),
+        CONSUMER_GROUP_ID_PREFIX=f"{env.name}-locked",
+    )
+    wait_for(lambda: _metric(port, "energy_consumer_assigned_partitions") > 0)
+    with env.connect() as holder:
+        # An operator's (or a migration's) long lock on live status.
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE meter_live_status IN ACCESS EXCLUSIVE MODE")
+        produce(env.services.kafka_bootstrap, env.topics.meter, [(b"LC-3", _reading("LC-3", 1))])
+        # The write gives up waiting for the lock and is retried, again and again.
+        wait_for(lambda: _metric(port, "energy_consumer_retries_total") >= 2, timeout_s=60)
+        assert worker.poll() is None
+        holder.execute("ROLLBACK")
+    wait_for(lambda: _stored(env, "LC-3") == 1)
+    assert env.query("SELECT count(*) FROM meter_live_status WHERE meter_id = 'LC-3'") == [(1,)]
+    assert _metric(port, "energy_consumer_dead_lettered_total") == 0

@@ -21,6 +21,14 @@ class SinkUnavailable(ConsumerError):
     retriable = True
 
 
+class MissingPartition(SinkUnavailable):
+    """A reading's day has no history partition (maintenance fell behind).
+
+    Never poison: the sink creates the day's partition and writes the batch
+    again; if that fails too, the batch is retried like any outage.
+    """
+
+
 class DeadLetterUnavailable(ConsumerError):
     """The dead-letter transaction did not complete; it was aborted, offsets stay uncommitted."""
 

@@ -69,6 +69,11 @@ CONSUMER_LAG = Gauge(
     "High watermark minus committed position, per partition.",
     ["stream", "partition"],
 )
+PARTITIONS_CREATED_ON_DEMAND = Counter(
+    "energy_consumer_partitions_created_on_demand_total",
+    "History partitions a writer had to create for a batch (maintenance fell behind).",
+    ["stream"],
+)
 MAINTENANCE_FAILURES = Counter(
     "energy_consumer_maintenance_failures_total",
     "Partition maintenance runs that failed (they are retried at the next interval).",

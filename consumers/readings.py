@@ -6,7 +6,9 @@ Each write is ONE transaction. Inside it:
    stored or repeats within the batch, a unique violation rolls back to a
    savepoint and the first occurrences go through a staging table with
    ``ON CONFLICT DO NOTHING`` (the duplicate-tolerant path: first write wins);
-2. a row the database refuses as invalid is isolated by bisection inside
+2. a row whose day has no partition yet (maintenance fell behind) is not
+   invalid: the day's partition is created and the batch written again;
+   a row the database refuses as invalid is isolated by bisection inside
    savepoints and reported as rejected, while the rest of the batch is written;
 3. the hourly rollups get the counts and sums of the rows actually inserted
    (a replayed row was not inserted, so it is never counted twice);
@@ -20,17 +22,25 @@ committed and the same batch can be written again. Links are applied by
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, errors, sql
 
+from consumers import metrics
 from consumers.batch import Batch, Entry
 from consumers.connection import WriterConnection, in_transaction
+from consumers.errors import MissingPartition
 from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
 from consumers.tables import ReadingTable, Row, row_key
+
+log = logging.getLogger(__name__)
+
+#: Creates one day's history partition, a no-op when it exists (sql/0004).
+_ENSURE_PARTITION = "SELECT energy_ensure_partition(%s, %s)"
 
 #: The event of an entry (at C speed, for whole batches).
 _value = operator.itemgetter(0)
@@ -50,8 +60,32 @@ class ReadingSink:
         self._rollup = table.upsert_rollup()
 
     async def write(self, batch: Batch) -> WriteResult:
-        """Store the batch's readings; see :meth:`store`."""
-        return await self._db.run(lambda conn: self.store(conn, batch.readings))
+        """Store the batch's readings; see :meth:`store`.
+
+        A day without a history partition is created, and the batch written
+        again: readings are never dead-lettered because maintenance is late.
+        """
+        try:
+            return await self._db.run(lambda conn: self.store(conn, batch.readings))
+        except MissingPartition:
+            days = sorted({row[1].astimezone(UTC).date() for row, _ in batch.readings})
+            await self._db.run(lambda conn: self._create_partitions(conn, days))
+            return await self._db.run(lambda conn: self.store(conn, batch.readings))
+
+    async def _create_partitions(self, conn: AsyncConnection, days: list[date]) -> None:
+        async def work() -> None:
+            for day in days:
+                cur = await conn.execute(_ENSURE_PARTITION, (self.table.history, day))
+                created = await cur.fetchone()
+                if created is not None and created[0]:
+                    metrics.PARTITIONS_CREATED_ON_DEMAND.labels(self.table.stream.value).inc()
+                    log.warning(
+                        "created missing partition of %s for %s (is maintenance running?)",
+                        self.table.history,
+                        day,
+                    )
+
+        await in_transaction(conn, work)
 
     async def store(self, conn: AsyncConnection, entries: Sequence[Entry[Row]]) -> WriteResult:
         """Store ``entries`` in one transaction on ``conn``; the module docstring gives the order.
@@ -85,6 +119,8 @@ class ReadingSink:
             async with conn.transaction():
                 return await self._copy_or_merge(conn, list(map(_value, entries))), []
         except INVALID_ROW_ERRORS as exc:
+            if _is_missing_partition(exc):
+                raise MissingPartition(describe(exc)) from exc
             if len(entries) == 1:
                 return [], [(entries[0], describe(exc))]
             # Bisect: each half in its own savepoint, so one bad row costs
@@ -186,6 +222,12 @@ def coalesce_latest(rows: Sequence[Row]) -> list[Row]:
         if current is None or row[1] > current[1]:
             latest[row[0]] = row
     return list(latest.values())
+
+
+def _is_missing_partition(exc: Exception) -> bool:
+    # PostgreSQL reports "no partition of relation ... found for row" as a
+    # check violation without a constraint; a CHECK constraint names itself.
+    return isinstance(exc, errors.CheckViolation) and exc.diag.constraint_name is None
 
 
 def first_occurrences(rows: Sequence[Row]) -> list[Row]:

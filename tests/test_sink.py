@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from consumers import metrics
 from consumers.sink import WriteResult
 from schemas import Stream, VehicleMeterLink
 from tests.conftest import ModuleEnv, write_batches
@@ -109,3 +110,21 @@ def test_a_repeat_within_one_new_batch_is_stored_once_first_write_wins(env: Modu
         "SELECT sum(readings)::int, sum(kwh_consumed_ac) FROM meter_hourly_rollup"
         " WHERE meter_id = 'rep-m'"
     ) == [(2, 0.75)]
+
+
+def test_a_day_without_a_partition_is_created_not_dead_lettered(env: ModuleEnv) -> None:
+    # Maintenance fell behind: today's meter partition is missing.
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    partition = f"meter_readings_history_p{today:%Y%m%d}"
+    with env.connect() as conn:
+        conn.execute(f'DROP TABLE "{partition}"')
+    created = metrics.PARTITIONS_CREATED_ON_DEMAND.labels("meter")
+    before = created._value.get()  # prometheus-client has no public read of one child
+    rows = [("part-m", today, 0.5, 230.0), ("part-m", today - timedelta(days=1), 0.25, 230.0)]
+    assert _write(env, Stream.METER, rows) == WriteResult(inserted=2, duplicates=0)
+    assert env.query("SELECT to_regclass(%s) IS NOT NULL", (partition,)) == [(True,)]
+    assert env.query(
+        "SELECT count(*), sum(kwh_consumed_ac) FROM meter_readings_history"
+        " WHERE meter_id = 'part-m'"
+    ) == [(2, 0.75)]
+    assert created._value.get() == before + 1

@@ -39,10 +39,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bench.procstat import CpuMeter, PeakRss
-from bench.prometheus_text import histogram_quantile, metric_value, scrape
 from bench.report import json_line, say
 from consumers.tables import VEHICLE_TABLE
 from deploy.local.kafka_tools import create_topics, delete_topics, produce_by_partition
+from deploy.local.prometheus_text import histogram_quantile, metric_value, scrape
 from deploy.local.services import (
     BENCH_STACK,
     ROOT,

@@ -22,9 +22,9 @@ from types import TracebackType
 import psutil
 
 from bench.procstat import listener_pid, tree
-from bench.prometheus_text import metric_value, scrape
 from deploy.local.devstack import ready
 from deploy.local.kafka_tools import create_topics, delete_topics
+from deploy.local.prometheus_text import metric_value, scrape
 from deploy.local.services import ROOT, free_port
 from schemas import DEFAULT_PARTITIONS, TopicNames
 

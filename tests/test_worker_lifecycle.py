@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
 from deploy.local.kafka_tools import produce
+from deploy.local.prometheus_text import metric_value, scrape
 from deploy.local.services import free_port
 from tests.conftest import ModuleEnv, wait_for
 
@@ -33,15 +33,10 @@ def _reading(meter_id: str, minutes_ago: int) -> bytes:
 def _metric(port: int, name: str) -> float:
     """Sum of every sample of ``name`` on a worker's metrics endpoint (0 if absent)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        text = scrape(f"http://127.0.0.1:{port}/metrics")
     except OSError:
         return 0.0  # the worker is still starting: no endpoint yet
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
+    return metric_value(text, name)
 
 
 def _stored(env: ModuleEnv, meter_id: str) -> int:

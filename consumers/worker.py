@@ -86,6 +86,9 @@ class StreamWorker:
         # Set while a rebalance waits: a batch that cannot be written now is
         # abandoned instead of retried (see ``finish_for_rebalance``).
         self._abandon = False
+        # A failure met while partitions were revoked: aiokafka only logs a
+        # rebalance listener's exception, so the main loop raises it instead.
+        self._failure: BaseException | None = None
 
     async def run(self) -> None:
         """Poll and process batches until ``stop`` is set; the last batch is finished.
@@ -100,6 +103,8 @@ class StreamWorker:
                     timeout_ms=self.settings.batch_max_wait_ms,
                     max_records=self.settings.batch_max_records,
                 )
+                if self._failure is not None:
+                    raise self._failure
                 if not polled:
                     continue
                 batch = Batch.decode(polled, self.stream, self.limits)
@@ -133,10 +138,15 @@ class StreamWorker:
         A batch that cannot be written now (PostgreSQL or Kafka unavailable) is
         abandoned uncommitted rather than retried: the rebalance must not wait
         for an outage to end. Its records are read again by the new owner.
+        Any other failure of the batch is kept for :meth:`run` to raise: the
+        listener calling this cannot (aiokafka logs and drops its exceptions).
         """
         self._abandon = True
         try:
             await self.drain()
+        except Exception as exc:  # noqa: BLE001 -- not lost: run() raises it
+            log.error("batch failed during a rebalance, stopping: %r", exc)  # noqa: TRY400 -- run() raises it with its traceback
+            self._failure = exc
         finally:
             self._abandon = False
 

@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.__main__ import run_worker
+from consumers.connection import WriterConnection
+from consumers.dlq import DeadLetterPublisher
+from consumers.errors import DeadLetterFailed
 from consumers.settings import ConsumerSettings
-from consumers.worker import group_generation
+from consumers.worker import CommitBeforeRevoke, StreamWorker, group_generation, sink_for
 from deploy.local.kafka_tools import produce, read_all
 from schemas import Stream, dlq_topic
 from tests.conftest import ModuleEnv
@@ -134,3 +137,115 @@ async def _committed_and_end(env: ModuleEnv, group: str) -> dict[TopicPartition,
         return {tp: await consumer.committed(tp) for tp in partitions if ends[tp] > 0}
     finally:
         await consumer.stop()
+
+
+def test_a_fatal_error_while_partitions_are_revoked_stops_the_worker(env: ModuleEnv) -> None:
+    """aiokafka logs and swallows a rebalance listener's exception; the worker must not.
+
+    The batch in flight when a rebalance starts holds poison, and its dead-letter
+    producer has been fenced (another process took its transactional id): the
+    listener's wait for that batch ends in :class:`DeadLetterFailed`, which must
+    stop the worker, not vanish into aiokafka's log.
+    """
+    bad = [(b"WF-1", meter("WF-1", 3, voltage=5000)), (b"WF-1", meter("WF-1", 2))]
+    group = f"{env.name}-fenced-meter"
+    transactional_id = f"{env.name}-fenced-dlq"
+    settings = ConsumerSettings(
+        kafka_bootstrap_servers=env.services.kafka_bootstrap,
+        database_url=env.writer_url,
+        meter_topic=env.topics.meter,
+        batch_max_wait_ms=50,
+    )
+
+    async def run() -> BaseException | None:
+        stop = asyncio.Event()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=env.services.kafka_bootstrap,
+            group_id=group,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=env.services.kafka_bootstrap,
+            transactional_id=transactional_id,
+            acks="all",
+            enable_idempotence=True,
+        )
+        newcomer = AIOKafkaConsumer(
+            env.topics.meter,
+            bootstrap_servers=env.services.kafka_bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+        )
+        fencer = AIOKafkaProducer(
+            bootstrap_servers=env.services.kafka_bootstrap, transactional_id=transactional_id
+        )
+        await consumer.start()
+        await producer.start()
+        blocker = await psycopg.AsyncConnection.connect(env.writer_url)
+        try:
+            async with WriterConnection(settings.database_url.get_secret_value()) as db:
+                worker = StreamWorker(
+                    settings,
+                    Stream.METER,
+                    consumer,
+                    sink_for(Stream.METER, db),
+                    DeadLetterPublisher(producer, group),
+                    stop,
+                )
+                consumer.subscribe([env.topics.meter], listener=CommitBeforeRevoke(worker))
+                running = asyncio.create_task(worker.run())
+                await _until(_assigned(consumer, running))
+                # The batch will wait on this lock while the rest is set up.
+                await blocker.execute("LOCK TABLE meter_readings_history IN ACCESS EXCLUSIVE MODE")
+                await asyncio.to_thread(
+                    produce, env.services.kafka_bootstrap, env.topics.meter, bad
+                )
+                await _until(_blocked_on_lock(env))
+                await fencer.start()  # fences the worker's dead-letter producer
+                await newcomer.start()  # a rebalance: the worker's listener waits for the batch
+                await _until(lambda: _rebalancing(worker))
+                await blocker.rollback()  # the write goes on; the dead letter is refused
+                await asyncio.wait({running}, timeout=60)
+                stop.set()
+                if not running.done():
+                    running.cancel()
+                    return None  # still consuming with a fenced producer
+                return running.exception()
+        finally:
+            stop.set()
+            await blocker.close()
+            await newcomer.stop()
+            await fencer.stop()
+            await consumer.stop()
+            await producer.stop()
+
+    failure = asyncio.run(run())
+    assert isinstance(failure, DeadLetterFailed), f"the worker did not stop: {failure!r}"
+
+
+def _assigned(
+    consumer: AIOKafkaConsumer, running: asyncio.Task[None]
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        assert not running.done(), running
+        return len(consumer.assignment()) == 3
+
+    return check
+
+
+def _blocked_on_lock(env: ModuleEnv) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        rows = env.query(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return rows[0][0] > 0
+
+    return check
+
+
+async def _rebalancing(worker: StreamWorker) -> bool:
+    # The flag the rebalance listener raises while it waits for the batch in flight.
+    return bool(worker._abandon)

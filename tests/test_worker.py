@@ -241,7 +241,7 @@ def _blocked_on_lock(env: ModuleEnv) -> Callable[[], Awaitable[bool]]:
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
-        return rows[0][0] > 0
+        return bool(rows[0][0] > 0)
 
     return check
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,6 +39,7 @@ from schemas import Stream, TopicNames, dlq_topic
 TEMPLATE_DB = "energy_test_template"
 #: Where the consumer processes that tests start write their logs.
 WORKER_LOGS = TEST_STACK.layout.logs / "workers"
+
 API_KEY = "test-key-0123456789"
 T = TypeVar("T")
 
@@ -240,3 +242,20 @@ def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> l
             return results
 
     return asyncio.run(run())
+
+
+def skewed_clock(days: float) -> dict[str, str]:
+    """Environment that runs a process with its wall clock ``days`` ahead (libfaketime).
+
+    Only the wall clock moves: monotonic time stays true, so timeouts, Kafka
+    heartbeats and back-off behave as they would on a host whose clock is wrong.
+    """
+    # libfaketime comes from Debian's ``faketime`` package, which ``.ci/run`` installs.
+    libs = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not libs:
+        raise RuntimeError("libfaketime is missing: apt-get install faketime")
+    return {
+        "LD_PRELOAD": str(libs[0]),
+        "FAKETIME": f"{days:+g}d",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }

@@ -1,7 +1,10 @@
-"""``python -m consumers meter|vehicle|links|migrate``: run one stream's worker, or migrate.
+"""``python -m consumers meter|vehicle|links|migrate|maintain``.
 
-A worker runs until SIGTERM or SIGINT; then it finishes the batch in hand,
-commits it, commits its offsets, leaves the consumer group and exits 0.
+``meter``, ``vehicle``, ``links`` run one stream's worker until SIGTERM or
+SIGINT; then it finishes the batch in hand, commits it, commits its offsets,
+leaves the consumer group and exits 0. ``migrate`` applies the schema
+migrations. ``maintain`` runs partition maintenance once, or with ``--every
+SECONDS`` as a service (one per database) until SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
 from consumers import metrics
 from consumers.connection import WriterConnection
@@ -55,34 +60,35 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
             )
             consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
             log.info("consuming %s as group %s", topic, group_id)
-            maintenance = asyncio.create_task(_maintenance_loop(settings, stop))
-            try:
-                await worker.run()
-            finally:
-                maintenance.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await maintenance
+            await worker.run()
     finally:
         await consumer.stop()
         await producer.stop()
     log.info("stopped cleanly")
 
 
-async def _maintenance_loop(settings: ConsumerSettings, stop: asyncio.Event) -> None:
-    """Partition maintenance now and every ``maintenance_interval_s``; failures are retried."""
+def _maintenance_service(settings: ConsumerSettings, every_s: float) -> None:
+    """Partition maintenance now and every ``every_s`` until SIGTERM/SIGINT; failures retried."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    policy = settings.retention_policy()
+    log.info(
+        "partition maintenance every %.0f s: retention %d days, %d days ahead, "
+        "at most %d drops per table and run",
+        every_s,
+        policy.retention_days,
+        policy.ahead_days,
+        policy.drops_per_run,
+    )
     while not stop.is_set():
         try:
-            await asyncio.to_thread(
-                run_maintenance,
-                settings.database_url.get_secret_value(),
-                settings.retention_days,
-                settings.partitions_ahead_days,
-            )
+            run_maintenance(settings.database_url.get_secret_value(), policy)
         except Exception:
             metrics.MAINTENANCE_FAILURES.inc()
-            log.exception("partition maintenance failed; will try again")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.maintenance_interval_s)
+            log.exception("partition maintenance failed; will try again in %.0f s", every_s)
+        stop.wait(every_s)
+    log.info("stopped cleanly")
 
 
 def _kafka_clients(
@@ -154,8 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``energy-consumer`` / ``python -m consumers``."""
     parser = argparse.ArgumentParser(prog="python -m consumers", description=__doc__)
     parser.add_argument("command", choices=[*(s.value for s in Stream), "migrate", "maintain"])
+    parser.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="maintain: run as a service, maintenance now and every SECONDS, with metrics",
+    )
     args = parser.parse_args(argv)
-    settings = ConsumerSettings()
+    try:
+        settings = ConsumerSettings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(map(str, error["loc"]))
+            print(
+                f"configuration error: {where + ': ' if where else ''}{error['msg']}",
+                file=sys.stderr,
+            )
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -171,22 +192,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
         return 0
-    if args.command == "maintain":
+    if args.command == "maintain" and args.every is None:
         report = run_maintenance(
-            settings.database_url.get_secret_value(),
-            settings.retention_days,
-            settings.partitions_ahead_days,
+            settings.database_url.get_secret_value(), settings.retention_policy()
         )
         print(
-            f"partitions created {len(report.created)}, dropped {len(report.dropped)}, "
-            f"rollup rows deleted {report.rollups_deleted}"
-            + (" (skipped: another worker holds the lock)" if report.skipped else "")
+            f"partitions created {len(report.created)}, dropped {len(report.dropped)}"
+            f" ({sum(d.rows for d in report.dropped)} rows), left past retention "
+            f"{report.pending_drops}, rollup rows deleted {report.rollups_deleted}"
+            + (" (skipped: another session holds the lock)" if report.skipped else "")
         )
         return 0
-    stream = Stream(args.command)
     server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     try:
-        asyncio.run(_main_async(settings, stream))
+        if args.command == "maintain":
+            _maintenance_service(settings, args.every)
+        else:
+            asyncio.run(_main_async(settings, Stream(args.command)))
     finally:
         server.shutdown()
         thread.join(timeout=5)

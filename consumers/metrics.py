@@ -74,7 +74,31 @@ PARTITIONS_CREATED_ON_DEMAND = Counter(
     "History partitions a writer had to create for a batch (maintenance fell behind).",
     ["stream"],
 )
+# Partition maintenance (``python -m consumers maintain --every``), one job for the database.
 MAINTENANCE_FAILURES = Counter(
-    "energy_consumer_maintenance_failures_total",
+    "energy_maintenance_failures_total",
     "Partition maintenance runs that failed (they are retried at the next interval).",
+)
+MAINTENANCE_LAST_SUCCESS = Gauge(
+    "energy_maintenance_last_success_timestamp_seconds",
+    "Unix time of the last maintenance run that completed.",
+)
+PARTITION_LEAD_DAYS = Gauge(
+    "energy_maintenance_partition_lead_days",
+    "Days from the database's date to the last history partition (alert below 2).",
+    ["table"],
+)
+PARTITIONS_DROPPED = Counter(
+    "energy_maintenance_partitions_dropped_total",
+    "History partitions dropped past the retention (each is also a WARNING log line).",
+    ["table"],
+)
+ROWS_DROPPED = Counter(
+    "energy_maintenance_rows_dropped_total",
+    "History rows in the partitions dropped past the retention.",
+    ["table"],
+)
+PARTITIONS_PENDING_DROP = Gauge(
+    "energy_maintenance_partitions_pending_drop",
+    "Partitions past retention left for later runs by the per-run cap.",
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from yoyo import get_backend, read_migrations
 
-from consumers.partitions import run_maintenance
+from consumers.partitions import RetentionPolicy, run_maintenance
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,11 @@ def prepare_database(
     """Apply pending migrations, then create the history partitions writes need now.
 
     What ``python -m consumers migrate`` does; returns the migrations applied.
+    It never drops a partition: that is maintenance's job alone.
     """
     applied = apply_migrations(database_url)
-    run_maintenance(database_url, retention_days, partitions_ahead_days)
+    run_maintenance(
+        database_url,
+        RetentionPolicy(retention_days, partitions_ahead_days, drops_per_run=0),
+    )
     return applied

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.partitions import RETENTION_FLOOR_DAYS, RetentionPolicy
 from schemas.settings import TopicSettings, ValidationSettings
 
 
@@ -32,9 +33,35 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
 
     #: Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = Field(default=7, ge=1, le=366)
-    #: How often each worker runs partition maintenance (one at a time).
+    #: How often ``python -m consumers maintain --every`` runs (its default interval).
     maintenance_interval_s: float = Field(default=3600, ge=10)
+    #: History partitions past retention dropped per table and maintenance run at
+    #: most (0: never drop); a mistake costs one day per table and run, not the history.
+    partition_drops_per_run: int = Field(default=1, ge=0, le=366)
+    #: How long dropping a partition waits for its lock before the run gives up on it.
+    maintenance_lock_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    #: A retention below ``RETENTION_FLOOR_DAYS`` (7) is refused unless this is true.
+    allow_short_retention: bool = False
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _retention_floor(self) -> ConsumerSettings:
+        if self.retention_days < RETENTION_FLOOR_DAYS and not self.allow_short_retention:
+            raise ValueError(
+                f"CONSUMER_RETENTION_DAYS={self.retention_days} is below the floor of "
+                f"{RETENTION_FLOOR_DAYS} days: history older than that would be dropped. "
+                "Set CONSUMER_ALLOW_SHORT_RETENTION=true to confirm"
+            )
+        return self
+
+    def retention_policy(self) -> RetentionPolicy:
+        """What partition maintenance keeps, creates and may drop."""
+        return RetentionPolicy(
+            retention_days=self.retention_days,
+            ahead_days=self.partitions_ahead_days,
+            drops_per_run=self.partition_drops_per_run,
+            lock_timeout_s=self.maintenance_lock_timeout_s,
+        )

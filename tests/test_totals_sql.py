@@ -20,7 +20,7 @@ from psycopg import sql
 
 from analytics_api.queries import PERFORMANCE_SQL, PLANNER_OPTIONS
 from consumers.migrate import SQL_DIR, apply_migrations
-from consumers.partitions import run_maintenance
+from consumers.partitions import RetentionPolicy, run_maintenance
 from deploy.local.services import create_database, drop_database, with_database
 from tests.conftest import ModuleEnv
 from tests.readings import ROLLUPS_FROM_HISTORY
@@ -125,7 +125,7 @@ def older_database(env: ModuleEnv, tmp_path_factory: pytest.TempPathFactory) -> 
     url = with_database(env.services.writer_url, name)
     try:
         assert apply_migrations(url, Path(older))[-1] == "0006.meter-totals-pruning"
-        run_maintenance(url, retention_days=90, ahead_days=7)
+        run_maintenance(url, RetentionPolicy(retention_days=90, ahead_days=7))
         _fill(url)
         yield url
     finally:

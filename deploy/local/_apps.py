@@ -17,6 +17,10 @@ from _common import REPO_ROOT, VENV_PYTHON, Layout, StackError, say, tail
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 20.0
 CONSUMER_KINDS = ("meter", "vehicle", "links")
+#: Processes that serve only metrics/health: the workers, and partition maintenance.
+METRICS_KINDS = (*CONSUMER_KINDS, "maintenance")
+#: How often the stack's maintenance service runs (``maintain --every``).
+MAINTENANCE_EVERY_S = 3600
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,13 @@ class AppPorts:
     metrics_base: int
 
     def metrics(self, kind: str) -> int:
-        return self.metrics_base + CONSUMER_KINDS.index(kind)
+        return self.metrics_base + METRICS_KINDS.index(kind)
 
 
 def define(
     ports: AppPorts, *, kafka_bootstrap: str, writer_url: str, reader_url: str, api_key: str
 ) -> list[App]:
-    """The five apps in start order (gateway, consumers, analytics) with their settings."""
+    """The apps in start order (gateway, consumers, maintenance, analytics) with their settings."""
     apps = [
         App(
             "gateway",
@@ -90,6 +94,20 @@ def define(
                 },
             )
         )
+    apps.append(
+        App(
+            "maintenance",
+            ("consumers", "maintain", "--every", str(MAINTENANCE_EVERY_S)),
+            ports.metrics("maintenance"),
+            "/healthz",
+            "STACK_CONSUMER_METRICS_PORT_BASE",
+            {
+                "CONSUMER_DATABASE_URL": writer_url,
+                "CONSUMER_METRICS_HOST": "127.0.0.1",
+                "CONSUMER_METRICS_PORT": str(ports.metrics("maintenance")),
+            },
+        )
+    )
     apps.append(
         App(
             "analytics",

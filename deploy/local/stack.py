@@ -168,7 +168,7 @@ def _check_distinct(settings: Settings, with_apps: bool) -> None:
     if with_apps:
         app_ports = settings.app_ports
         ports |= {"GATEWAY_PORT": app_ports.gateway, "ANALYTICS_PORT": app_ports.analytics}
-        ports |= {f"{kind} metrics": app_ports.metrics(kind) for kind in _apps.CONSUMER_KINDS}
+        ports |= {f"{kind} metrics": app_ports.metrics(kind) for kind in _apps.METRICS_KINDS}
     seen: dict[int, str] = {}
     for what, port in ports.items():
         if port in seen:
@@ -288,7 +288,7 @@ def up(settings: Settings) -> dict[str, Any]:
         "gateway_url": f"http://127.0.0.1:{ports.gateway}",
         "analytics_url": f"http://127.0.0.1:{ports.analytics}",
         "metrics_urls": {
-            kind: f"http://127.0.0.1:{ports.metrics(kind)}/metrics" for kind in _apps.CONSUMER_KINDS
+            kind: f"http://127.0.0.1:{ports.metrics(kind)}/metrics" for kind in _apps.METRICS_KINDS
         },
         "api_key": _api_key(layout),
         "logs": str(layout.logs),

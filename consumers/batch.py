@@ -3,21 +3,27 @@
 Decoding applies the gateway's own rules (``schemas.decode_event``), so an
 event the gateway accepted is never refused here for a rule it did not apply.
 It never raises: a record that fails is poison, with its reason.
+
+Time is judged once, at acceptance. A reading's age and future offset are
+measured from its record's Kafka timestamp (``LogAppendTime`` on the data
+topics: when the broker took it), never from the worker's clock, so a
+reading the gateway accepted is stored however late a worker reads it. The
+window is widened by a tolerance (``CONSUMER_RECORD_TIME_TOLERANCE_S``) for
+the gateway's publish wait and the gateway's and broker's clocks differing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 
 from aiokafka import TopicPartition
 
 from consumers.dlq import Poison
-from consumers.tables import READING_TABLES, Row
+from consumers.tables import READING_TABLES, ReadingTable, Row
 from schemas import InvalidEvent, Stream, ValidationLimits, VehicleMeterLink, decode_event
-from schemas.rows import RowDecoder
 
 T = TypeVar("T")
 
@@ -29,6 +35,22 @@ Record = Any
 #: database refuse it): ``(value, source)``. A plain tuple, not a class: a
 #: worker builds tens of thousands a second.
 Entry: TypeAlias = tuple[T, Record]
+
+
+def accepted_at(record: Record) -> datetime:
+    """When Kafka accepted ``record``: its timestamp (the broker's, on ``LogAppendTime`` topics)."""
+    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+
+
+def _accepted_span(polled: Mapping[TopicPartition, Sequence[Record]]) -> tuple[datetime, datetime]:
+    stamps = [record.timestamp for records in polled.values() for record in records]
+    if not stamps:
+        now = datetime.now(UTC)
+        return now, now
+    return (
+        datetime.fromtimestamp(min(stamps) / 1000, UTC),
+        datetime.fromtimestamp(max(stamps) / 1000, UTC),
+    )
 
 
 def _recorded_at(entry: Entry[Row]) -> datetime:
@@ -59,25 +81,49 @@ class Batch:
         polled: Mapping[TopicPartition, Sequence[Record]],
         stream: Stream,
         limits: ValidationLimits,
+        tolerance: timedelta = timedelta(0),
     ) -> Batch:
-        """Validate each polled record with the gateway's rules; never raises."""
+        """Validate each polled record with the gateway's rules; never raises.
+
+        Each record is judged at its own timestamp, its window widened by
+        ``tolerance`` (see the module docstring); ``limits.now`` is ignored.
+        """
         offsets = {tp: records[-1].offset + 1 for tp, records in polled.items() if records}
         batch = cls(offsets=offsets, records=sum(map(len, polled.values())))
         table = READING_TABLES.get(stream)
+        widened = replace(
+            limits, retention=limits.retention + tolerance, max_future=limits.max_future + tolerance
+        )
         if table is None:
-            batch._decode_links(polled, limits)
+            batch._decode_links(polled, widened)
         else:
-            batch._decode_readings(polled, table.decoder(limits))
+            batch._decode_readings(polled, stream, table, widened)
         return batch
 
     def _decode_readings(
-        self, polled: Mapping[TopicPartition, Sequence[Record]], decode: RowDecoder
+        self,
+        polled: Mapping[TopicPartition, Sequence[Record]],
+        stream: Stream,
+        table: ReadingTable,
+        limits: ValidationLimits,
     ) -> None:
+        first, last = _accepted_span(polled)
+        # One decoder for the whole batch, its window the union of every
+        # record's; a row outside the intersection of them all (a reading near
+        # an edge) is judged again at its own record's time.
+        decode = table.decoder(
+            replace(limits, now=first, max_future=limits.max_future + (last - first))
+        )
+        earliest_for_all = last - limits.retention
+        latest_for_all = first + limits.max_future
         readings, poison = self.readings, self.poison
         for records in polled.values():
             for record in records:
+                raw = record.value or b""
                 try:
-                    row = decode(record.value or b"")
+                    row = decode(raw)
+                    if not earliest_for_all <= row[1] <= latest_for_all:
+                        decode_event(raw, stream, replace(limits, now=accepted_at(record)))
                 except InvalidEvent as exc:
                     poison.append(Poison.of(record, exc.error_class, exc.reason))
                     continue
@@ -88,11 +134,12 @@ class Batch:
     def _decode_links(
         self, polled: Mapping[TopicPartition, Sequence[Record]], limits: ValidationLimits
     ) -> None:
-        limits = replace(limits, now=datetime.now(UTC))
         for records in polled.values():
             for record in records:
                 try:
-                    link = decode_event(record.value or b"", Stream.LINKS, limits)
+                    link = decode_event(
+                        record.value or b"", Stream.LINKS, replace(limits, now=accepted_at(record))
+                    )
                 except InvalidEvent as exc:
                     self.poison.append(Poison.of(record, exc.error_class, exc.reason))
                     continue

@@ -31,6 +31,11 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     statement_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     lock_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
+    #: A reading's time window (retention, ``max_future_s``) is measured from the
+    #: time Kafka accepted its record, widened by this much: the gateway's publish
+    #: wait and the difference between the gateway's and the broker's clocks.
+    record_time_tolerance_s: float = Field(default=120.0, ge=0, le=3600)
+
     #: Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = Field(default=7, ge=1, le=366)
     #: How often ``python -m consumers maintain --every`` runs (its default interval).

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -80,6 +80,7 @@ class StreamWorker:
         self.dead_letters = dead_letters
         self.stop = stop
         self.limits = settings.limits()
+        self.tolerance = timedelta(seconds=settings.record_time_tolerance_s)
         # The batch being written and committed. A rebalance waits for it, so
         # partitions are never handed to another worker with a batch half-done.
         self._inflight: asyncio.Task[None] | None = None
@@ -107,7 +108,7 @@ class StreamWorker:
                     raise self._failure
                 if not polled:
                     continue
-                batch = Batch.decode(polled, self.stream, self.limits)
+                batch = Batch.decode(polled, self.stream, self.limits, self.tolerance)
                 await self.drain()
                 # A rebalance may have taken partitions while the previous batch
                 # was written: their records now belong to another worker.

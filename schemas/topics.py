@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 DEFAULT_PARTITIONS = 12
+DLQ_PARTITIONS = 3
 DLQ_SUFFIX = ".dlq"
+#: Data topics keep records this long: the longest consumer (or PostgreSQL)
+#: outage survived without loss. Records still unread after it are gone.
+DEFAULT_RETENTION_DAYS = 7
+#: Dead letters are kept this long to be inspected and replayed.
+DEFAULT_DLQ_RETENTION_DAYS = 30
+_DAY_MS = 86_400_000
 
 # Headers on every dead-letter record: why it was refused and where it came from.
 DLQ_HEADER_ERROR_CLASS = "x-error-class"
@@ -54,3 +61,28 @@ def dlq_topic(topic: str) -> str:
 
 
 DEFAULT_TOPICS = TopicNames()
+
+
+def topic_config(
+    topic: str,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    dlq_retention_days: float = DEFAULT_DLQ_RETENTION_DAYS,
+) -> dict[str, str]:
+    """The Kafka configuration a project topic is created with.
+
+    Every topic sets its retention explicitly, never the broker's default. Data
+    topics use ``LogAppendTime``: the broker stamps each record with the time it
+    appended it, whoever produced it, and the consumers judge a reading's age
+    and future offset against that time, not their own clock (``consumers.batch``).
+    Dead-letter topics keep the time the worker dead-lettered the record.
+    """
+    if topic.endswith(DLQ_SUFFIX):
+        return {
+            "retention.ms": str(int(dlq_retention_days * _DAY_MS)),
+            "cleanup.policy": "delete",
+        }
+    return {
+        "retention.ms": str(int(retention_days * _DAY_MS)),
+        "cleanup.policy": "delete",
+        "message.timestamp.type": "LogAppendTime",
+    }

@@ -17,6 +17,8 @@ from schemas import DEFAULT_LIMITS, Stream, VehicleMeterLink
 
 TOPIC = "telemetry.vehicle.v1"
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+#: When Kafka took the records: what readings are judged against.
+ACCEPTED = NOW
 
 
 def record(
@@ -26,8 +28,8 @@ def record(
         topic=topic,
         partition=partition,
         offset=offset,
-        timestamp=0,
-        timestamp_type=0,
+        timestamp=int(ACCEPTED.timestamp() * 1000),
+        timestamp_type=1,  # LogAppendTime, as on the project's data topics
         key=b"k%d" % offset,
         value=value,
         checksum=None,

@@ -17,7 +17,7 @@ from consumers.dlq import DeadLetterPublisher
 from consumers.errors import DeadLetterFailed
 from consumers.settings import ConsumerSettings
 from consumers.worker import CommitBeforeRevoke, StreamWorker, group_generation, sink_for
-from deploy.local.kafka_tools import produce, read_all
+from deploy.local.kafka_tools import create_topics, produce, read_all
 from schemas import Stream, dlq_topic
 from tests.conftest import ModuleEnv
 
@@ -125,14 +125,17 @@ def test_worker_writes_dead_letters_commits_and_stops_when_asked(env: ModuleEnv)
     assert sorted(r.value for r in dead if r.key == b"WM-1") == sorted(v for _, v in bad)
 
 
-async def _committed_and_end(env: ModuleEnv, group: str) -> dict[TopicPartition, int | None]:
-    """Committed offset per partition that has records (``None`` if never committed)."""
+async def _committed_and_end(
+    env: ModuleEnv, group: str, topic: str | None = None
+) -> dict[TopicPartition, int | None]:
+    """Committed offset per partition of ``topic`` (default: the meter topic) that has
+    records (``None`` if never committed)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=env.services.kafka_bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        partitions = [TopicPartition(env.topics.meter, p) for p in range(3)]
+        partitions = [TopicPartition(topic or env.topics.meter, p) for p in range(3)]
         ends = await consumer.end_offsets(partitions)
         return {tp: await consumer.committed(tp) for tp in partitions if ends[tp] > 0}
     finally:
@@ -249,3 +252,70 @@ def _blocked_on_lock(env: ModuleEnv) -> Callable[[], Awaitable[bool]]:
 async def _rebalancing(worker: StreamWorker) -> bool:
     # The flag the rebalance listener raises while it waits for the batch in flight.
     return bool(worker._abandon)
+
+
+def test_readings_are_judged_by_the_time_kafka_accepted_them(env: ModuleEnv) -> None:
+    """A reading's age and future offset are measured from its record's timestamp.
+
+    The records here were accepted two days ago (their ``CreateTime`` says so, as
+    ``LogAppendTime`` would have, had the broker appended them then), and the
+    worker reads them only now, as after a long outage. A reading the gateway
+    accepted then (just inside the retention) is stored; one outside the window
+    then is dead-lettered, whatever the worker's own clock says of either.
+    """
+    topic = f"{env.name}.accepted.meter"
+    create_topics(
+        env.services.kafka_bootstrap,
+        [topic, dlq_topic(topic)],
+        config={"message.timestamp.type": "CreateTime"},
+    )
+    accepted = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    retention = timedelta(days=ConsumerSettings().retention_days)
+    tolerance = timedelta(seconds=ConsumerSettings().record_time_tolerance_s)
+    max_future = timedelta(seconds=ConsumerSettings().max_future_s)
+
+    def reading(meter_id: str, at: datetime) -> tuple[bytes, bytes]:
+        stamp = at.isoformat().replace("+00:00", "Z")
+        value = {"meterId": meter_id, "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": stamp}
+        return meter_id.encode(), orjson.dumps(value)
+
+    stored = [
+        reading("EDGE-OLD-IN", accepted - retention + timedelta(minutes=1)),
+        reading("EDGE-FUTURE-IN", accepted + max_future - timedelta(seconds=30)),
+    ]
+    dead = [
+        reading("EDGE-OLD-OUT", accepted - retention - tolerance - timedelta(minutes=1)),
+        reading("EDGE-FUTURE-OUT", accepted + max_future + tolerance + timedelta(minutes=1)),
+    ]
+    produce(
+        env.services.kafka_bootstrap,
+        topic,
+        [*stored, *dead],
+        timestamp_ms=int(accepted.timestamp() * 1000),
+    )
+    settings = ConsumerSettings(
+        kafka_bootstrap_servers=env.services.kafka_bootstrap,
+        database_url=env.writer_url,
+        group_id_prefix=f"{env.name}-accepted",
+        meter_topic=topic,
+        batch_max_wait_ms=50,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(settings, Stream.METER, stop))
+
+        async def all_committed() -> bool:
+            assert not worker.done(), worker
+            ends = await _committed_and_end(env, f"{env.name}-accepted-meter", topic)
+            return sum(o or 0 for o in ends.values()) == len(stored) + len(dead)
+
+        await _until(all_committed, timeout_s=60)
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+    asyncio.run(run())
+    rows = env.query("SELECT meter_id FROM meter_readings_history WHERE meter_id LIKE 'EDGE-%'")
+    assert sorted(r[0] for r in rows) == ["EDGE-FUTURE-IN", "EDGE-OLD-IN"]
+    letters = read_all(env.services.kafka_bootstrap, dlq_topic(topic), expected=len(dead))
+    assert sorted(r.key for r in letters) == [b"EDGE-FUTURE-OUT", b"EDGE-OLD-OUT"]

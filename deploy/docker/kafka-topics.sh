@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-shot topic creation for docker-compose.yml (service kafka-init), with the
-# Kafka image's own CLI. The same topics and partition counts as the local stack
-# (deploy/local/_kafka.py): every project topic with 12 partitions, its `.dlq`
-# twin with 3, replication factor 1 (one broker). Auto topic creation is off on the
-# broker, so nothing can publish before this has run.
+# Kafka image's own CLI. The same topics, partition counts and configuration as the
+# local stack (schemas/topics.py, topic_config): every project topic with 12
+# partitions, LogAppendTime and RETENTION_DAYS (7) of retention; its `.dlq` twin with
+# 3 partitions and DLQ_RETENTION_DAYS (30); replication factor 1 (one broker). Auto
+# topic creation is off on the broker, so nothing can publish before this has run.
 #
 # Idempotent (--if-not-exists): safe on every `docker compose up`. An existing topic
-# is left as it is, even with another partition count (growing the count would move
-# device keys to other partitions); the summary at the end shows what exists.
+# keeps its partition count (growing it would move device keys to other partitions)
+# but gets the configuration again; the summary at the end shows what exists.
 set -euo pipefail
 
 BOOTSTRAP="${BOOTSTRAP:-kafka:9092}"
@@ -15,14 +16,25 @@ TOPICS="${TOPICS:-telemetry.meter.v1 telemetry.vehicle.v1 fleet.links.v1}"
 PARTITIONS="${PARTITIONS:-12}"
 DLQ_PARTITIONS="${DLQ_PARTITIONS:-3}"
 REPLICATION_FACTOR="${REPLICATION_FACTOR:-1}"
+RETENTION_DAYS="${RETENTION_DAYS:-7}"
+DLQ_RETENTION_DAYS="${DLQ_RETENTION_DAYS:-30}"
 KAFKA_BIN="${KAFKA_BIN:-/opt/kafka/bin}"
+DAY_MS=86400000
+
+# Data topics: the broker stamps each record (LogAppendTime), and the consumers judge
+# a reading's age against that stamp. Dead letters keep the time they were written.
+DATA_CONFIG="retention.ms=$((RETENTION_DAYS * DAY_MS)),cleanup.policy=delete,message.timestamp.type=LogAppendTime"
+DLQ_CONFIG="retention.ms=$((DLQ_RETENTION_DAYS * DAY_MS)),cleanup.policy=delete"
 
 create() {
-    local topic="$1" partitions="$2" attempt
+    local topic="$1" partitions="$2" config="$3" attempt
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
         if "$KAFKA_BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
             --topic "$topic" --partitions "$partitions" \
-            --replication-factor "$REPLICATION_FACTOR"; then
+            --replication-factor "$REPLICATION_FACTOR" \
+            $(printf -- '--config %s ' ${config//,/ }) &&
+            "$KAFKA_BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --alter \
+                --entity-type topics --entity-name "$topic" --add-config "$config"; then
             return 0
         fi
         echo "kafka-init: creating $topic failed (attempt $attempt), retrying in 3 s" >&2
@@ -33,8 +45,8 @@ create() {
 }
 
 for topic in $TOPICS; do
-    create "$topic" "$PARTITIONS"
-    create "$topic.dlq" "$DLQ_PARTITIONS"
+    create "$topic" "$PARTITIONS" "$DATA_CONFIG"
+    create "$topic.dlq" "$DLQ_PARTITIONS" "$DLQ_CONFIG"
 done
 
 echo "kafka-init: topics in place:"

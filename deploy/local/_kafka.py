@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,15 +25,28 @@ from typing import Any
 import _procs
 from _common import EXIT_PREREQ, REPO_ROOT, Layout, StackError, say, tail
 
+# The stack runs as a plain script; the contract's topic configuration is in the repository.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+from schemas.topics import (
+    DEFAULT_DLQ_RETENTION_DAYS,
+    DEFAULT_PARTITIONS,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_TOPICS,
+    DLQ_PARTITIONS,
+    dlq_topic,
+    topic_config,
+)
+
 KAFKA_VERSION = "4.1.1"
 POM = REPO_ROOT / "deploy" / "local" / "kafka" / "pom.xml"
 LOG4J2_CONFIG = REPO_ROOT / "deploy" / "local" / "kafka" / "log4j2.properties"
 NAME = "kafka"
 
-#: The project's topics and their partition counts; each has a dead-letter twin.
-PROJECT_TOPICS = ("telemetry.meter.v1", "telemetry.vehicle.v1", "fleet.links.v1")
-PARTITIONS = 12
-DLQ_PARTITIONS = 3
+#: The project's topics, each with a dead-letter twin; partitions and configuration
+#: are the contract's (schemas.topics). Retention in days can be moved with
+#: STACK_TOPIC_RETENTION_DAYS and STACK_DLQ_RETENTION_DAYS.
+PROJECT_TOPICS = DEFAULT_TOPICS.all()
 HEALTH_TOPIC = "_stack.healthcheck"
 
 READY_TIMEOUT_S = 90.0
@@ -130,7 +144,7 @@ def write_config(layout: Layout, port: int, controller_port: int) -> None:
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(layout.kafka_data),
-        "num.partitions": str(PARTITIONS),
+        "num.partitions": str(DEFAULT_PARTITIONS),
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         "offsets.topic.replication.factor": "1",
@@ -294,23 +308,41 @@ async def _produce_and_consume(bootstrap: str) -> None:
         raise RuntimeError("consumed a different message than the one produced")
 
 
-async def _create_missing(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
+async def _create_missing(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[str]:
     """Create those of ``topics`` (name -> partitions, replication 1) that do not exist.
 
-    Returns the names created. A topic created concurrently by someone else counts
-    as existing.
+    Topics named in ``configs`` get that configuration, existing ones too.
+    Returns the names created. A topic created concurrently by someone else
+    counts as existing.
     """
+    configs = configs or {}
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        present = [name for name in topics if name in existing and name in configs]
+        if present:
+            await admin.alter_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, name, configs=dict(configs[name]))
+                    for name in present
+                ]
+            )
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
         response: Any = await admin.create_topics(
-            [NewTopic(name, topics[name], 1) for name in missing]
+            [
+                NewTopic(name, topics[name], 1, topic_configs=dict(configs.get(name, {})))
+                for name in missing
+            ]
         )
         for error in response.to_object()["topic_errors"]:
             if error["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
@@ -324,7 +356,14 @@ async def _create_missing(bootstrap: str, topics: Mapping[str, int]) -> list[str
 
 
 def ensure_topics(port: int) -> list[str]:
-    """Create the project topics and their ``.dlq`` twins if missing; return those created."""
-    wanted = dict.fromkeys(PROJECT_TOPICS, PARTITIONS)
-    wanted |= {f"{name}.dlq": DLQ_PARTITIONS for name in PROJECT_TOPICS}
-    return asyncio.run(_create_missing(f"127.0.0.1:{port}", wanted))
+    """Create the project topics and their ``.dlq`` twins if missing; return those created.
+
+    Topics that exist get the project's configuration again (retention,
+    timestamp type), so a stack made by an older version is brought up to date.
+    """
+    wanted = dict.fromkeys(PROJECT_TOPICS, DEFAULT_PARTITIONS)
+    wanted |= {dlq_topic(name): DLQ_PARTITIONS for name in PROJECT_TOPICS}
+    retention = float(os.environ.get("STACK_TOPIC_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+    dlq_retention = float(os.environ.get("STACK_DLQ_RETENTION_DAYS", DEFAULT_DLQ_RETENTION_DAYS))
+    configs = {name: topic_config(name, retention, dlq_retention) for name in wanted}
+    return asyncio.run(_create_missing(f"127.0.0.1:{port}", wanted, configs))

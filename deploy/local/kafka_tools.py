@@ -9,23 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
+from schemas.topics import topic_config
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 3) -> None:
-    """Create ``names`` (replication 1). Raises if one exists already."""
+
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 3,
+    config: Mapping[str, str] | None = None,
+) -> None:
+    """Create ``names`` (replication 1) as the project creates its topics.
+
+    Each gets :func:`schemas.topics.topic_config` (LogAppendTime on data topics,
+    explicit retention), with ``config`` on top. Raises if one exists already.
+    """
 
     async def run() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
             await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names],
+                [
+                    NewTopic(
+                        name,
+                        num_partitions=partitions,
+                        replication_factor=1,
+                        topic_configs={**topic_config(name), **(config or {})},
+                    )
+                    for name in names
+                ],
                 timeout_ms=30_000,
             )
         finally:
@@ -49,9 +68,16 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
 
 
 def produce(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Publish ``(key, value)`` pairs with acks=all, the way a producer team would."""
+    """Publish ``(key, value)`` pairs with acks=all, the way a producer team would.
+
+    ``timestamp_ms`` stamps every record (it stays only on a ``CreateTime``
+    topic; a ``LogAppendTime`` topic replaces it with the broker's time).
+    """
 
     async def run() -> None:
         producer = AIOKafkaProducer(
@@ -59,7 +85,10 @@ def produce(
         )
         await producer.start()
         try:
-            futures = [await producer.send(topic, key=k, value=v) for k, v in records]
+            futures = [
+                await producer.send(topic, key=k, value=v, timestamp_ms=timestamp_ms)
+                for k, v in records
+            ]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()

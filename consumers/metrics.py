@@ -78,3 +78,10 @@ MAINTENANCE_FAILURES = Counter(
     "energy_consumer_maintenance_failures_total",
     "Partition maintenance runs that failed (they are retried at the next interval).",
 )
+EVENT_LOOP_LAG = Histogram(
+    "energy_consumer_event_loop_lag_seconds",
+    "How late the worker's event loop ran a 100 ms timer: a stall as long as the "
+    "session timeout delays heartbeats enough to cost the group membership.",
+    ["stream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
+)

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from consumers import metrics
 from consumers.connection import WriterConnection
 from consumers.dlq import DeadLetterPublisher
+from consumers.dlq_age import dead_letter_age_probe
 from consumers.membership import group_membership, membership_options
 from consumers.migrate import prepare_database
 from consumers.partitions import run_maintenance
@@ -149,7 +150,10 @@ async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with group_membership(settings, stream, stop):
+    async with (
+        group_membership(settings, stream, stop),
+        dead_letter_age_probe(settings, stream, stop),
+    ):
         await run_worker(settings, stream, stop)
 
 

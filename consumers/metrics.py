@@ -85,3 +85,14 @@ EVENT_LOOP_LAG = Histogram(
     ["stream"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
 )
+DLQ_OLDEST_TIMESTAMP = Gauge(
+    "energy_consumer_dlq_oldest_timestamp_seconds",
+    "Unix time of the oldest record still in the dead-letter topic (no sample when empty); "
+    "dead letters expire with the topic's retention.",
+    ["topic"],
+)
+DLQ_PROBE_FAILURES = Counter(
+    "energy_consumer_dlq_probe_failures_total",
+    "Probes of the dead-letter topic's oldest record that failed (retried at the next interval).",
+    ["stream"],
+)

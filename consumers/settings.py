@@ -44,6 +44,9 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     session_timeout_ms: int = Field(default=3000, ge=1000, le=300_000)
     heartbeat_interval_ms: int = Field(default=1000, ge=100, le=100_000)
     rebalance_timeout_ms: int = Field(default=30_000, ge=1000, le=300_000)
+    #: How often a worker reads the age of its stream's oldest dead letter
+    #: (see :mod:`consumers.dlq_age`).
+    dlq_probe_interval_s: float = Field(default=60.0, ge=1, le=86_400)
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)

@@ -44,11 +44,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import json_line, say
 from deploy.local.kafka_tools import create_topics, delete_topics
-from deploy.local.prometheus_text import metric_value, scrape
+from deploy.local.prometheus_text import histogram_quantile, metric_value, scrape
 from deploy.local.services import (
     BENCH_STACK,
     ROOT,
@@ -157,7 +156,9 @@ class Phase:
                 counts.append(0.0)
                 continue
             counts.append(metric_value(text, "energy_consumer_assigned_partitions"))
-            self.stall_bound = max(self.stall_bound, _worst_loop_stall(text))
+            # The upper bound of the highest bucket holding an observation.
+            worst = histogram_quantile(text, "energy_consumer_event_loop_lag_seconds", 1.0)
+            self.stall_bound = max(self.stall_bound, worst or 0.0)
         return counts
 
     async def poll_offsets(self, admin: AIOKafkaAdminClient) -> None:
@@ -198,21 +199,6 @@ class Phase:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _worst_loop_stall(text: str) -> float:
-    """The upper bound of the highest event-loop lag bucket holding an observation."""
-    counts: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "energy_consumer_event_loop_lag_seconds_bucket":
-                counts[float(s.labels["le"])] = s.value
-    worst, below = 0.0, 0.0
-    for bound in sorted(counts):
-        if counts[bound] > below:
-            worst = bound
-        below = counts[bound]
-    return worst
 
 
 class Traffic:

@@ -9,7 +9,7 @@ UV         := $(UV_VENV)/bin/uv
 UV_VERSION := 0.13.9
 STACK      := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-analytics bench-freshness demo schemas clean
+.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-analytics bench-freshness bench-recovery demo schemas clean
 
 help:
 	@echo "make up        start Kafka, PostgreSQL, migrations, gateway, consumers, analytics"
@@ -17,7 +17,7 @@ help:
 	@echo "make status    what is running"
 	@echo "make test      the test suite against real Kafka and PostgreSQL"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     every benchmark (bench-consumer, bench-gateway, bench-analytics)"
+	@echo "make bench     every benchmark (bench-consumer, bench-gateway, bench-analytics, ...)"
 	@echo "make demo      a simulated fleet through the running stack, then analytics"
 
 # The venv is built from uv.lock exactly; uv itself lives in its own small venv.
@@ -58,7 +58,7 @@ format: venv
 schemas: venv
 	$(PY) -m schemas
 
-bench: bench-consumer bench-gateway bench-analytics bench-freshness
+bench: bench-consumer bench-gateway bench-analytics bench-freshness bench-recovery
 
 # Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
 # DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
@@ -86,6 +86,12 @@ bench-gateway: venv
 # 202 -> visible in live status at 333 and 10,000 events/s, through the running stack (make up).
 bench-freshness: venv
 	@$(PY) -m bench.freshness $(BENCH_FRESHNESS_ARGS)
+
+# kill -9 of a meter worker under traffic, restarted at once or after 3 s: how long partitions
+# wait, with aiokafka's former group settings and the workers' own (private stack);
+# BENCH_RECOVERY_ARGS e.g. "--kills 6 --rate 1000".
+bench-recovery: venv
+	@$(PY) -m bench.recovery $(BENCH_RECOVERY_ARGS)
 
 demo: venv
 	@$(PY) -m deploy.simulator.demo $(DEMO_ARGS)

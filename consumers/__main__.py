@@ -26,6 +26,8 @@ from pydantic import ValidationError
 from consumers import metrics
 from consumers.connection import WriterConnection
 from consumers.dlq import DeadLetterPublisher
+from consumers.dlq_age import dead_letter_age_probe
+from consumers.membership import group_membership, membership_options
 from consumers.migrate import prepare_database
 from consumers.partitions import run_maintenance
 from consumers.settings import ConsumerSettings
@@ -105,6 +107,7 @@ def _kafka_clients(
         max_poll_records=settings.batch_max_records,
         fetch_max_wait_ms=settings.batch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **membership_options(settings),
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -153,7 +156,11 @@ async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(settings, stream, stop)
+    async with (
+        group_membership(settings, stream, stop),
+        dead_letter_age_probe(settings, stream, stop),
+    ):
+        await run_worker(settings, stream, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,21 @@ PARTITIONS_PENDING_DROP = Gauge(
     "energy_maintenance_partitions_pending_drop",
     "Partitions past retention left for later runs by the per-run cap.",
 )
+EVENT_LOOP_LAG = Histogram(
+    "energy_consumer_event_loop_lag_seconds",
+    "How late the worker's event loop ran a 100 ms timer: a stall as long as the "
+    "session timeout delays heartbeats enough to cost the group membership.",
+    ["stream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
+)
+DLQ_OLDEST_TIMESTAMP = Gauge(
+    "energy_consumer_dlq_oldest_timestamp_seconds",
+    "Unix time of the oldest record still in the dead-letter topic (no sample when empty); "
+    "dead letters expire with the topic's retention.",
+    ["topic"],
+)
+DLQ_PROBE_FAILURES = Counter(
+    "energy_consumer_dlq_probe_failures_total",
+    "Probes of the dead-letter topic's oldest record that failed (retried at the next interval).",
+    ["stream"],
+)

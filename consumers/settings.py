@@ -48,6 +48,19 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     #: A retention below ``RETENTION_FLOOR_DAYS`` (7) is refused unless this is true.
     allow_short_retention: bool = False
 
+    #: Consumer group membership (see :mod:`consumers.membership`): a worker that
+    #: stops heartbeating (killed, frozen) loses its partitions after
+    #: ``session_timeout_ms``; brokers must allow it (``group.min.session.timeout.ms``,
+    #: 6000 by default, at most this). Heartbeats are sent every
+    #: ``heartbeat_interval_ms``; survivors of a rebalance have ``rebalance_timeout_ms``
+    #: to finish the batch in hand and rejoin.
+    session_timeout_ms: int = Field(default=3000, ge=1000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=1000, ge=100, le=100_000)
+    rebalance_timeout_ms: int = Field(default=30_000, ge=1000, le=300_000)
+    #: How often a worker reads the age of its stream's oldest dead letter
+    #: (see :mod:`consumers.dlq_age`).
+    dlq_probe_interval_s: float = Field(default=60.0, ge=1, le=86_400)
+
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     log_level: str = "INFO"
@@ -70,3 +83,14 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
             drops_per_run=self.partition_drops_per_run,
             lock_timeout_s=self.maintenance_lock_timeout_s,
         )
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_the_session(self) -> ConsumerSettings:
+        # Fewer than three heartbeats per session and one lost heartbeat
+        # response costs the membership: a rebalance for nothing.
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "CONSUMER_HEARTBEAT_INTERVAL_MS must be at most a third of "
+                "CONSUMER_SESSION_TIMEOUT_MS"
+            )
+        return self

@@ -129,7 +129,10 @@ def _from_testcontainers() -> Iterator[Services]:
     from testcontainers.postgres import PostgresContainer
 
     with (
-        KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka,
+        # The consumers' 3 s sessions are below the broker's default floor (6 s).
+        KafkaContainer("apache/kafka:4.1.1")
+        .with_kraft()
+        .with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "1000") as kafka,
         PostgresContainer("postgres:16", driver=None) as pg,
     ):
         url = pg.get_connection_url()

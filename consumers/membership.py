@@ -61,6 +61,7 @@ def membership_options(settings: ConsumerSettings) -> dict[str, int]:
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
         "rebalance_timeout_ms": settings.rebalance_timeout_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
     }
 
 

@@ -57,6 +57,11 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     session_timeout_ms: int = Field(default=3000, ge=1000, le=300_000)
     heartbeat_interval_ms: int = Field(default=1000, ge=100, le=100_000)
     rebalance_timeout_ms: int = Field(default=30_000, ge=1000, le=300_000)
+    #: A worker that polls no new batch for this long (a PostgreSQL outage holds
+    #: it on the batch in hand) leaves the group; its partitions go to the others
+    #: and it rejoins when it polls again. Its batch's rows, if written, are
+    #: re-read and dropped as duplicates: counts stay exact.
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000, le=3_600_000)
     #: How often a worker reads the age of its stream's oldest dead letter
     #: (see :mod:`consumers.dlq_age`).
     dlq_probe_interval_s: float = Field(default=60.0, ge=1, le=86_400)

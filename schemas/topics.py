@@ -70,19 +70,16 @@ def topic_config(
 ) -> dict[str, str]:
     """The Kafka configuration a project topic is created with.
 
-    Every topic sets its retention explicitly, never the broker's default. Data
-    topics use ``LogAppendTime``: the broker stamps each record with the time it
-    appended it, whoever produced it, and the consumers judge a reading's age
-    and future offset against that time, not their own clock (``consumers.batch``).
-    Dead-letter topics keep the time the worker dead-lettered the record.
+    Every topic sets its retention explicitly, never the broker's default, and
+    uses ``LogAppendTime``: the broker stamps each record with the time it
+    appended it, whoever produced it and whatever that host's clock says. The
+    consumers judge a reading's age and future offset against that time
+    (``consumers.batch``); a dead letter's time is when it was dead-lettered,
+    and a worker whose clock is wrong can still write one.
     """
-    if topic.endswith(DLQ_SUFFIX):
-        return {
-            "retention.ms": str(int(dlq_retention_days * _DAY_MS)),
-            "cleanup.policy": "delete",
-        }
+    days = dlq_retention_days if topic.endswith(DLQ_SUFFIX) else retention_days
     return {
-        "retention.ms": str(int(retention_days * _DAY_MS)),
+        "retention.ms": str(int(days * _DAY_MS)),
         "cleanup.policy": "delete",
         "message.timestamp.type": "LogAppendTime",
     }

@@ -117,13 +117,16 @@ class ModuleEnv(Database):
         env.update(extra)
         return env
 
-    def start_consumer(self, stream: str, **extra: str) -> subprocess.Popen[bytes]:
-        """``python -m consumers <stream>`` as a real process; stopped at module end."""
+    def start_consumer(self, stream: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+        """``python -m consumers <stream> [args]`` as a real process; stopped at module end.
+
+        ``extra`` is added to its environment (settings, or :func:`skewed_clock`).
+        """
         WORKER_LOGS.mkdir(parents=True, exist_ok=True)
         # The child keeps its own copy of the file descriptor.
         with (WORKER_LOGS / f"{self.name}-{stream}-{len(self.processes)}.log").open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "consumers", stream],
+                [sys.executable, "-m", "consumers", stream, *args],
                 cwd=ROOT,
                 env=self.consumer_env(stream, **extra),
                 stdout=out,

@@ -4,9 +4,11 @@ Two vehicle workers share one consumer group while 200,000 heartbeats, with
 duplicates and poison records mixed in, are produced. Meanwhile the workers are
 killed with SIGKILL at random moments and restarted, PostgreSQL is stopped
 the hard way (immediate shutdown) and restarted, and the Kafka broker is
-SIGKILLed and restarted. At the end, per device, history counts and energy
-sums are exactly what was produced, live status is the newest reading, and
-the dead-letter topic holds exactly the injected poison, each once.
+SIGKILLed and restarted. Every other worker, and the partition maintenance
+running all along, have their clocks 200 days ahead. At the end, per device,
+history counts and energy sums are exactly what was produced, live status is
+the newest reading, the dead-letter topic holds exactly the injected poison,
+each once, and maintenance dropped nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from deploy.local.kafka_tools import produce_by_partition, read_all
 from deploy.local.services import crash_kafka, crash_postgres, start_infra
 from schemas import dlq_topic
-from tests.conftest import WORKER_LOGS, ModuleEnv, wait_for
+from tests.conftest import WORKER_LOGS, ModuleEnv, skewed_clock, wait_for
 
 DEVICES = 1000
 MINUTES = 200
@@ -142,9 +144,21 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     parts = [records[i * quarter : (i + 1) * quarter if i < 3 else None] for i in range(4)]
 
     workers: list[subprocess.Popen[bytes]] = []
+    started = 0
 
     def start_worker() -> None:
-        workers.append(env.start_consumer("vehicle", CONSUMER_BATCH_MAX_RECORDS="2000"))
+        # Every other worker runs with its clock 200 days ahead: readings are judged
+        # by the time Kafka accepted them, so its clock must change nothing.
+        nonlocal started
+        skew = skewed_clock(days=200) if started % 2 == 0 else {}
+        workers.append(env.start_consumer("vehicle", CONSUMER_BATCH_MAX_RECORDS="2000", **skew))
+        started += 1
+
+    # Partition maintenance all along, its clock 200 days ahead too: it judges by
+    # the database's date, so it must drop nothing.
+    maintenance = env.start_consumer(
+        "maintain", "--every", "5", CONSUMER_METRICS_PORT="0", **skewed_clock(days=200)
+    )
 
     def kill_one() -> None:
         live = [w for w in workers if w.poll() is None]
@@ -195,6 +209,11 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     )
     dead = read_all(bootstrap, dlq_topic(topic), expected=len(truth["poison"]), timeout_s=60)
     assert kills == 6
+    maintenance.send_signal(signal.SIGTERM)
+    assert maintenance.wait(timeout=30) == 0
+    (log,) = WORKER_LOGS.glob(f"{env.name}-maintain-*.log")
+    assert "partition maintenance every 5 s" in log.read_text()
+    assert "dropped partition" not in log.read_text()
 
     rows = env.query(
         "SELECT vehicle_id, count(*), sum(kwh_delivered_dc) FROM vehicle_readings_history"

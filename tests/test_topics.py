@@ -46,7 +46,7 @@ def test_the_stacks_topics_keep_data_7_days_dead_letters_30_and_use_the_brokers_
         assert configs[name]["retention.ms"] == str(7 * DAY_MS), name
         assert configs[name]["message.timestamp.type"] == "LogAppendTime", name
         assert configs[dlq_topic(name)]["retention.ms"] == str(30 * DAY_MS), name
-        assert configs[dlq_topic(name)]["message.timestamp.type"] == "CreateTime", name
+        assert configs[dlq_topic(name)]["message.timestamp.type"] == "LogAppendTime", name
 
 
 def test_topics_made_for_tests_are_configured_as_the_stacks(env: ModuleEnv) -> None:

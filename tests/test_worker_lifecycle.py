@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
-from deploy.local.kafka_tools import produce
+from deploy.local.kafka_tools import produce, read_all
 from deploy.local.prometheus_text import metric_value, scrape
-from deploy.local.services import free_port
+from deploy.local.services import crash_postgres, free_port, start_infra
+from schemas import dlq_topic
 from tests.conftest import ModuleEnv, wait_for
 
 
@@ -112,3 +115,59 @@ def test_a_held_lock_times_out_is_retried_and_the_batch_lands_once_released(
     wait_for(lambda: _stored(env, "LC-3") == 1)
     assert env.query("SELECT count(*) FROM meter_live_status WHERE meter_id = 'LC-3'") == [(1,)]
     assert _metric(port, "energy_consumer_dead_lettered_total") == 0
+
+
+@pytest.mark.timeout(300)
+def test_an_outage_longer_than_max_poll_interval_ends_exact(env: ModuleEnv) -> None:
+    """PostgreSQL down 2.5 times ``max.poll.interval.ms``: the workers drop out of the
+    group holding unwritten batches, rejoin, and every reading lands exactly once;
+    nothing is dead-lettered."""
+    stack = env.services.stack
+    assert stack is not None, "this test stops and restarts the stack's PostgreSQL"
+    group = f"{env.name}-long"
+    ports = [free_port(), free_port()]
+    workers = [
+        env.start_consumer(
+            "meter",
+            CONSUMER_METRICS_PORT=str(port),
+            CONSUMER_GROUP_ID_PREFIX=group,
+            CONSUMER_MAX_POLL_INTERVAL_MS="8000",
+            CONSUMER_BATCH_MAX_RECORDS="500",
+        )
+        for port in ports
+    ]
+    wait_for(
+        lambda: all(_metric(p, "energy_consumer_assigned_partitions") > 0 for p in ports),
+        timeout_s=60,
+    )
+    readings = [
+        (f"LO-{m:03d}".encode(), _reading(f"LO-{m:03d}", minute))
+        for minute in range(1, 11)
+        for m in range(300)
+    ]
+    repeats = readings[::15]
+    produce(env.services.kafka_bootstrap, env.topics.meter, readings)
+    crash_postgres(stack)
+    produce(env.services.kafka_bootstrap, env.topics.meter, repeats)
+    wait_for(
+        lambda: sum(_metric(p, "energy_consumer_retries_total") for p in ports) >= 1,
+        timeout_s=60,
+    )
+    time.sleep(20)  # the outage itself: longer than max.poll.interval.ms (8 s)
+    start_infra(stack)
+    wait_for(
+        lambda: (
+            env.query("SELECT count(*) FROM meter_readings_history WHERE meter_id LIKE 'LO-%'")[0][
+                0
+            ]
+            == len(readings)
+        ),
+        timeout_s=120,
+    )
+    assert [w.poll() for w in workers] == [None, None]
+    counts = env.query(
+        "SELECT meter_id, count(*), sum(kwh_consumed_ac) FROM meter_readings_history"
+        " WHERE meter_id LIKE 'LO-%' GROUP BY meter_id"
+    )
+    assert {m: (n, kwh) for m, n, kwh in counts} == {f"LO-{m:03d}": (10, 5.0) for m in range(300)}
+    assert read_all(env.services.kafka_bootstrap, dlq_topic(env.topics.meter), expected=0) == []

@@ -2,8 +2,8 @@
 # One-shot topic creation for docker-compose.yml (service kafka-init), with the
 # Kafka image's own CLI. The same topics, partition counts and configuration as the
 # local stack (schemas/topics.py, topic_config): every project topic with 12
-# partitions, LogAppendTime and RETENTION_DAYS (7) of retention; its `.dlq` twin with
-# 3 partitions and DLQ_RETENTION_DAYS (30); replication factor 1 (one broker). Auto
+# partitions and RETENTION_DAYS (7) of retention; its `.dlq` twin with 3 partitions
+# and DLQ_RETENTION_DAYS (30); LogAppendTime on all; replication factor 1 (one broker). Auto
 # topic creation is off on the broker, so nothing can publish before this has run.
 #
 # Idempotent (--if-not-exists): safe on every `docker compose up`. An existing topic
@@ -21,10 +21,10 @@ DLQ_RETENTION_DAYS="${DLQ_RETENTION_DAYS:-30}"
 KAFKA_BIN="${KAFKA_BIN:-/opt/kafka/bin}"
 DAY_MS=86400000
 
-# Data topics: the broker stamps each record (LogAppendTime), and the consumers judge
-# a reading's age against that stamp. Dead letters keep the time they were written.
+# The broker stamps each record (LogAppendTime), and the consumers judge a reading's
+# age against that stamp, never against a host's clock.
 DATA_CONFIG="retention.ms=$((RETENTION_DAYS * DAY_MS)),cleanup.policy=delete,message.timestamp.type=LogAppendTime"
-DLQ_CONFIG="retention.ms=$((DLQ_RETENTION_DAYS * DAY_MS)),cleanup.policy=delete"
+DLQ_CONFIG="retention.ms=$((DLQ_RETENTION_DAYS * DAY_MS)),cleanup.policy=delete,message.timestamp.type=LogAppendTime"
 
 create() {
     local topic="$1" partitions="$2" config="$3" attempt

@@ -51,9 +51,9 @@ from deploy.local.services import (
     fresh_database,
     session_services,
 )
-from schemas import dlq_topic
+from schemas import DEFAULT_PARTITIONS, dlq_topic
 
-PARTITIONS = 12
+PARTITIONS = DEFAULT_PARTITIONS
 #: How often the committed offsets are read: the clock's resolution.
 POLL_S = 0.05
 Row = tuple[str, datetime, float, float, float]

@@ -56,9 +56,9 @@ from deploy.local.services import (
     fresh_database,
     session_services,
 )
-from schemas import dlq_topic
+from schemas import DEFAULT_PARTITIONS, dlq_topic
 
-PARTITIONS = 12
+PARTITIONS = DEFAULT_PARTITIONS
 WORKERS = 2
 POLL_S = 0.1
 #: The longest a partition's records may wait after a kill.

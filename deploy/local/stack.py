@@ -418,16 +418,16 @@ def _print_summary(command: str, info: dict[str, Any], elapsed: float) -> None:
     say(f"\n{what} is up in {elapsed:.1f} s (dir {info['dir']})")
     if command == "up":
         metrics = info["metrics_urls"]
-        say(f"  gateway          {info['gateway_url']}")
-        say(f"  analytics        {info['analytics_url']}")
+        say(f"  {'gateway':<20}{info['gateway_url']}")
+        say(f"  {'analytics':<20}{info['analytics_url']}")
         for kind, url in metrics.items():
-            say(f"  {kind + ' metrics':<17}{url}")
-    say(f"  kafka            {info['kafka_bootstrap']}")
-    say(f"  writer db        {info['writer_url']}")
-    say(f"  reader db        {info['reader_url']}")
+            say(f"  {kind + ' metrics':<20}{url}")
+    say(f"  {'kafka':<20}{info['kafka_bootstrap']}")
+    say(f"  {'writer db':<20}{info['writer_url']}")
+    say(f"  {'reader db':<20}{info['reader_url']}")
     if command == "up":
-        say(f"  api key          {info['api_key']}")
-    say(f"  logs             {Path(str(info['dir'])) / 'logs'}")
+        say(f"  {'api key':<20}{info['api_key']}")
+    say(f"  {'logs':<20}{Path(str(info['dir'])) / 'logs'}")
 
 
 if __name__ == "__main__":

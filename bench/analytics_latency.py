@@ -12,13 +12,18 @@
    pass) and of a fleet page (``FLEET_QUERIES["efficiency"]``, limit 100,
    the API's whole-hour 24 h window);
 3. prints ``EXPLAIN (ANALYZE, BUFFERS)`` of both queries' prepared generic
-   plans, and checks a few vehicles' totals against plain sums over history.
+   plans, and checks a few vehicles' totals against plain sums over history;
+4. through the API itself (``python -m analytics_api``, default settings;
+   ``bench.fleet_load``): per-vehicle p99 alone, then while ``--fleet-clients``
+   (8) clients ask for fleet pages without pause, and their ratio, printed as
+   one line (``per-vehicle p99 through the API: ...``).
 
 Progress goes to stderr. The last stdout line is one JSON object: ``rows``,
 ``load_s``, ``rows_per_s_load``, ``vehicle_p50_ms``, ``vehicle_p99_ms``,
 ``fleet_p50_ms``, ``fleet_p99_ms``, ``seq_scan`` (a Seq Scan on history in
-either plan) and ``exact``. Targets: per-vehicle p99 <= 10 ms, fleet page
-<= 500 ms, no sequential scan of history. Exit code 1 if a total is wrong.
+either plan), ``exact``, and the ``api_*`` figures of step 4. Targets:
+per-vehicle p99 <= 10 ms, fleet page <= 500 ms, no sequential scan of
+history. Exit code 1 if a total is wrong.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from analytics_api.queries import FLEET_QUERIES, PERFORMANCE_SQL, PLANNER_OPTION
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.window import resolve_hour_window, resolve_window
 from bench.day_loader import Day, Fleet, prepare_day, vehicle_id
+from bench.fleet_load import measure_fleet_load
 from bench.report import json_line, percentile, say
 from deploy.local.services import BENCH_STACK, Database, fresh_database, session_services
 
@@ -295,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000, help="per-vehicle measured queries")
     parser.add_argument("--fleet-warmup", type=int, default=5)
     parser.add_argument("--fleet-pages", type=int, default=20)
+    parser.add_argument("--api-queries", type=int, default=300, help="per phase, through the API")
+    parser.add_argument("--fleet-clients", type=int, default=8, help="fleet load through the API")
     args = parser.parse_args(argv)
     if args.vehicles < 2 or not 1 <= args.minutes <= 1440:
         parser.error("--vehicles must be >= 2 and --minutes within 1..1440")
@@ -305,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         day = prepare_day(database, Fleet.ending_now(args.vehicles, args.minutes), args.jobs)
         figures = measure(database, day, args)
+        ids = [vehicle_id(n) for n in range(args.vehicles)]
+        figures |= measure_fleet_load(
+            database, ids, args.api_queries, args.warmup, args.fleet_clients
+        )
     result = {
         "rows": day.rows,
         "vehicles": args.vehicles,

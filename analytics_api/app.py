@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from analytics_api.queries import PLANNER_OPTIONS, Reader
+from analytics_api.readiness import DatabaseProbe
 from analytics_api.routes import fleet, vehicles
 from analytics_api.settings import AnalyticsSettings
+from analytics_api.slots import QuerySlots
 from analytics_api.state import AnalyticsState
 from schemas.web import Readiness, api_app
 
@@ -35,7 +37,10 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             f"-c statement_timeout={settings.statement_timeout_ms} {PLANNER_OPTIONS}",
         },
     )
-    reader = Reader(pool, settings.pool_timeout_s)
+    fleet_slots = QuerySlots(settings.fleet_limit(), settings.fleet_wait_s)
+    reader = Reader(pool, settings.pool_timeout_s, fleet_slots)
+    # Not from the pool: readiness must not wait behind the queries it vouches for.
+    probe = DatabaseProbe(settings.database_url.get_secret_value(), settings.readiness_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +49,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await probe.close()
             await pool.close()
 
     app = api_app(
@@ -55,10 +61,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         routers=[vehicles.router, fleet.router],
         readiness=Readiness(
             dependency="database",
-            probe=reader.ping,
+            probe=probe,
             retry_after_s=2,
             summary="PostgreSQL answers",
-            description="200 when PostgreSQL answers ``SELECT 1``, else 503.",
+            description="200 when PostgreSQL answers ``SELECT 1`` on the probe's own connection "
+            f"(not the query pool's) within {settings.readiness_timeout_s:g} s, else 503.",
         ),
     )
     app.state.analytics = AnalyticsState(settings=settings, reader=reader)

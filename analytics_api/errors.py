@@ -27,3 +27,13 @@ class DatabaseUnavailable(AnalyticsError, Unavailable):
     """PostgreSQL did not answer in time (503, ``Retry-After: 2``); safe to retry."""
 
     code = "database_unavailable"
+
+
+class FleetBusy(AnalyticsError, Unavailable):
+    """As many fleet queries as allowed are running, and none ended in time (503); retry later.
+
+    Fleet queries have a limit of their own so that a burst of them leaves
+    pooled connections to per-vehicle requests (see :mod:`analytics_api.slots`).
+    """
+
+    code = "fleet_busy"

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import BaseRowFactory, class_row, scalar_row
+from psycopg.rows import BaseRowFactory, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from analytics_api.errors import DatabaseUnavailable
+from analytics_api.slots import QuerySlots
 
 R = TypeVar("R")
 
@@ -269,12 +270,19 @@ class Reader:
     """Read-only access to PostgreSQL through the app's pool.
 
     Every method raises :class:`DatabaseUnavailable` when PostgreSQL cannot
-    answer in time; all are safe to retry.
+    answer in time; all are safe to retry. Fleet queries first take one of
+    ``fleet_slots`` (fewer than the pool's connections).
     """
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout_s: float) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        timeout_s: float,
+        fleet_slots: QuerySlots,
+    ) -> None:
         self._pool = pool
         self._timeout_s = timeout_s
+        self._fleet_slots = fleet_slots
 
     async def _fetchall(self, query: str, params: Any, rows: BaseRowFactory[R]) -> list[R]:
         try:
@@ -305,20 +313,19 @@ class Reader:
     ) -> tuple[int, list[FleetItem]]:
         """One page of every vehicle's summary over whole hours, and the number of vehicles.
 
-        ``order`` is a key of :data:`FLEET_ORDER`.
+        ``order`` is a key of :data:`FLEET_ORDER`. Raises :class:`FleetBusy`
+        when no fleet slot frees in time.
         """
-        items = await self._fetchall(
-            FLEET_QUERIES[order],
-            {
-                "from": start,
-                "to": end,
-                "low_only": low_only,
-                "threshold": threshold,
-                "limit": limit,
-                "offset": offset,
-            },
-            class_row(FleetItem),
-        )
+        params = {
+            "from": start,
+            "to": end,
+            "low_only": low_only,
+            "threshold": threshold,
+            "limit": limit,
+            "offset": offset,
+        }
+        async with self._fleet_slots.slot():
+            items = await self._fetchall(FLEET_QUERIES[order], params, class_row(FleetItem))
         return (items[0].total_count if items else 0), items
 
     async def hourly(
@@ -350,10 +357,3 @@ class Reader:
     async def meter_live(self, meter_id: str) -> MeterReading | None:
         """The newest reading of a meter, or ``None`` if never seen."""
         return await self._fetchone(METER_LIVE_SQL, (meter_id,), class_row(MeterReading))
-
-    async def ping(self) -> bool:
-        """Whether the database answers ``SELECT 1`` now (never raises)."""
-        try:
-            return await self._fetchone("SELECT 1", None, scalar_row) == 1
-        except DatabaseUnavailable:
-            return False

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.settings import ApiKeySettings, Port, ServeSettings
@@ -27,8 +29,30 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
     pool_timeout_s: float = Field(default=3.0, gt=0)
     #: Server-side cap on any one query.
     statement_timeout_ms: int = Field(default=5000, ge=100)
+    #: ``/readyz`` answers 503 when its own connection gets no ``SELECT 1`` in this time.
+    readiness_timeout_s: float = Field(default=1.0, gt=0)
+    #: Fleet queries (the fleet view, JSON or CSV) running at once in one process;
+    #: unset, half of ``pool_max_size``, so per-vehicle requests always find a connection.
+    fleet_max_concurrent: int | None = Field(default=None, ge=1)
+    #: A fleet request waits at most this long for its turn before 503 ``fleet_busy``.
+    fleet_wait_s: float = Field(default=2.0, ge=0)
 
     #: Efficiency below this is flagged ``lowEfficiency`` (power loss or a fault).
     low_efficiency_threshold: float = Field(default=0.85, gt=0, le=1)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
+
+    @model_validator(mode="after")
+    def _fleet_leaves_room(self) -> Self:
+        """Fleet queries may not take every pooled connection (unless the pool has only one)."""
+        limit = self.fleet_max_concurrent
+        if limit is not None and self.pool_max_size > 1 and limit >= self.pool_max_size:
+            raise ValueError(
+                f"fleet_max_concurrent ({limit}) must be below pool_max_size "
+                f"({self.pool_max_size}): per-vehicle requests need connections of their own"
+            )
+        return self
+
+    def fleet_limit(self) -> int:
+        """How many fleet queries may run at once (``fleet_max_concurrent``, or half the pool)."""
+        return self.fleet_max_concurrent or max(1, self.pool_max_size // 2)

@@ -21,6 +21,7 @@ import httpx2 as httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from analytics_api.app import create_app
 from analytics_api.settings import AnalyticsSettings
@@ -162,3 +163,11 @@ def test_readiness_reconnects_after_its_connection_is_killed(
     # The dead connection is replaced within the same probe: no spurious 503.
     answer = client.get("/readyz")
     assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": "ok"})
+
+
+def test_fleet_slots_leave_pooled_connections_to_per_vehicle_requests() -> None:
+    assert AnalyticsSettings(api_keys=API_KEY).fleet_limit() == 4
+    assert AnalyticsSettings(api_keys=API_KEY, pool_max_size=3).fleet_limit() == 1
+    assert AnalyticsSettings(api_keys=API_KEY, pool_max_size=1).fleet_limit() == 1
+    with pytest.raises(ValidationError, match="must be below pool_max_size"):
+        AnalyticsSettings(api_keys=API_KEY, pool_max_size=8, fleet_max_concurrent=8)

@@ -15,8 +15,9 @@
    plans, and checks a few vehicles' totals against plain sums over history;
 4. through the API itself (``python -m analytics_api``, default settings;
    ``bench.fleet_load``): per-vehicle p99 alone, then while ``--fleet-clients``
-   (8) clients ask for fleet pages without pause, and their ratio, printed as
-   one line (``per-vehicle p99 through the API: ...``).
+   (8) clients ask for fleet pages without pause, each phase at least
+   ``--api-queries`` summaries over at least ``--api-seconds``, and the ratio
+   of the two p99s, printed as one line (``per-vehicle p99 through the API: ...``).
 
 Progress goes to stderr. The last stdout line is one JSON object: ``rows``,
 ``load_s``, ``rows_per_s_load``, ``vehicle_p50_ms``, ``vehicle_p99_ms``,
@@ -303,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-pages", type=int, default=20)
     parser.add_argument("--api-queries", type=int, default=300, help="per phase, through the API")
     parser.add_argument("--fleet-clients", type=int, default=8, help="fleet load through the API")
+    parser.add_argument(
+        "--api-seconds", type=float, default=20, help="minimum length of each API phase"
+    )
     args = parser.parse_args(argv)
     if args.vehicles < 2 or not 1 <= args.minutes <= 1440:
         parser.error("--vehicles must be >= 2 and --minutes within 1..1440")
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = measure(database, day, args)
         ids = [vehicle_id(n) for n in range(args.vehicles)]
         figures |= measure_fleet_load(
-            database, ids, args.api_queries, args.warmup, args.fleet_clients
+            database, ids, args.api_queries, args.warmup, args.fleet_clients, args.api_seconds
         )
     result = {
         "rows": day.rows,

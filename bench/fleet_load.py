@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +121,15 @@ class VehicleLatency:
         return percentile(self.ms, 99)
 
 
-def _time_vehicles(client: _Client, ids: list[str]) -> tuple[list[float], int]:
+def _time_vehicles(
+    client: _Client, pick: Callable[[], str], queries: int, min_s: float = 0.0
+) -> tuple[list[float], int]:
+    """Time at least ``queries`` summaries of vehicles from ``pick``, for at least ``min_s``."""
     samples: list[float] = []
     failed = 0
-    for vid in ids:
+    until = time.monotonic() + min_s
+    while len(samples) < queries or time.monotonic() < until:
+        vid = pick()
         started = time.perf_counter()
         status = client.get(f"/v1/analytics/performance/{vid}")
         samples.append((time.perf_counter() - started) * 1000)
@@ -133,15 +138,26 @@ def _time_vehicles(client: _Client, ids: list[str]) -> tuple[list[float], int]:
 
 
 def vehicle_latency(
-    api: ApiProcess, ids: list[str], queries: int, warmup: int, fleet_clients: int, seed: int = 7
+    api: ApiProcess,
+    ids: list[str],
+    queries: int,
+    warmup: int,
+    fleet_clients: int,
+    min_s: float = 0.0,
+    seed: int = 7,
 ) -> VehicleLatency:
-    """Time ``queries`` per-vehicle summaries of random ``ids`` while ``fleet_clients`` loop.
+    """Time per-vehicle summaries of random ``ids`` while ``fleet_clients`` loop.
 
-    With ``fleet_clients`` = 0 this is the baseline. Otherwise sampling starts
-    once every fleet client has had an answer (the load is at its steady
-    state), and the fleet clients stop after it.
+    At least ``queries`` of them, for at least ``min_s`` seconds. With
+    ``fleet_clients`` = 0 this is the baseline. Otherwise sampling starts once
+    every fleet client has had an answer (the load is at its steady state), and
+    the fleet clients stop after it.
     """
     rng = random.Random(seed)
+
+    def pick() -> str:
+        return rng.choice(ids)
+
     stop = threading.Event()
     answered = threading.Barrier(fleet_clients + 1)
     statuses: Counter[int] = Counter()
@@ -164,12 +180,12 @@ def vehicle_latency(
     threads = [threading.Thread(target=fleet_loop, daemon=True) for _ in range(fleet_clients)]
     sampler = _Client(api)
     try:
-        _time_vehicles(sampler, [rng.choice(ids) for _ in range(warmup)])
+        _time_vehicles(sampler, pick, warmup)
         for thread in threads:
             thread.start()
         if threads:
             answered.wait(timeout=120)
-        ms, failed = _time_vehicles(sampler, [rng.choice(ids) for _ in range(queries)])
+        ms, failed = _time_vehicles(sampler, pick, queries, min_s)
     finally:
         stop.set()
         for thread in threads:
@@ -179,17 +195,29 @@ def vehicle_latency(
 
 
 def measure_fleet_load(
-    database: Database, ids: list[str], queries: int, warmup: int, fleet_clients: int
+    database: Database,
+    ids: list[str],
+    queries: int,
+    warmup: int,
+    fleet_clients: int,
+    min_s: float,
 ) -> dict[str, float | int]:
-    """Per-vehicle p50/p99 through the API alone, then with ``fleet_clients`` fleet loops."""
+    """Per-vehicle p50/p99 through the API alone, then with ``fleet_clients`` fleet loops.
+
+    Each phase times at least ``queries`` summaries for at least ``min_s`` seconds.
+    """
     with analytics_process(database) as api:
-        say(f"through the API: {queries} per-vehicle summaries alone")
-        alone = vehicle_latency(api, ids, queries, warmup, 0)
-        say(f"  p50 {alone.p50:.2f} ms, p99 {alone.p99:.2f} ms, {alone.failed} failed")
-        say(f"through the API: {queries} per-vehicle summaries, {fleet_clients} fleet clients")
-        loaded = vehicle_latency(api, ids, queries, warmup, fleet_clients)
+        say(f"through the API: per-vehicle summaries alone (>= {queries}, >= {min_s:g} s)")
+        alone = vehicle_latency(api, ids, queries, warmup, 0, min_s)
         say(
-            f"  p50 {loaded.p50:.2f} ms, p99 {loaded.p99:.2f} ms, {loaded.failed} failed; "
+            f"  {len(alone.ms)} summaries: p50 {alone.p50:.2f} ms, p99 {alone.p99:.2f} ms, "
+            f"{alone.failed} failed"
+        )
+        say(f"through the API: per-vehicle summaries with {fleet_clients} fleet clients")
+        loaded = vehicle_latency(api, ids, queries, warmup, fleet_clients, min_s)
+        say(
+            f"  {len(loaded.ms)} summaries: "
+            f"p50 {loaded.p50:.2f} ms, p99 {loaded.p99:.2f} ms, {loaded.failed} failed; "
             f"fleet answers {dict(sorted(loaded.fleet_statuses.items()))}"
         )
     ratio = loaded.p99 / alone.p99
@@ -203,6 +231,8 @@ def measure_fleet_load(
         "api_vehicle_p50_fleet_ms": round(loaded.p50, 2),
         "api_vehicle_p99_fleet_ms": round(loaded.p99, 2),
         "api_vehicle_p99_ratio": round(ratio, 2),
+        "api_vehicle_samples": len(alone.ms),
+        "api_vehicle_samples_fleet": len(loaded.ms),
         "api_vehicle_failed_fleet": loaded.failed,
         "api_fleet_clients": fleet_clients,
         "api_fleet_ok": loaded.fleet_statuses[200],

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from analytics_api.app import create_app
+from analytics_api.readiness import PROBE_APPLICATION
 from analytics_api.settings import AnalyticsSettings
 from deploy.local.prometheus_text import metric_value
 from deploy.local.services import free_port, with_database
@@ -69,16 +70,20 @@ def _admin(env: ModuleEnv) -> psycopg.Connection[Any]:
     return psycopg.connect(with_database(env.services.admin_url, env.name), autocommit=True)
 
 
-def lock_waiters(env: ModuleEnv) -> int:
-    """Analytics backends of this database waiting on a lock (the held fleet queries)."""
+def backends(env: ModuleEnv, application: str, *, waiting_on_lock: bool = False) -> list[int]:
+    """Pids of this module database's backends named ``application`` (only lock waiters?)."""
     with _admin(env) as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-            " AND application_name = 'energy-analytics' AND wait_event_type = 'Lock'",
-            (env.name,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s"
+            " AND (NOT %s OR wait_event_type = 'Lock')",
+            (env.name, application, waiting_on_lock),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def lock_waiters(env: ModuleEnv) -> int:
+    """Analytics query backends waiting on a lock (the held fleet queries)."""
+    return len(backends(env, "energy-analytics", waiting_on_lock=True))
 
 
 def refused_so_far(api: TestClient) -> float:
@@ -144,22 +149,10 @@ def test_readiness_reconnects_after_its_connection_is_killed(
     env: ModuleEnv, client: TestClient
 ) -> None:
     assert client.get("/readyz").status_code == 200
+    (probe,) = backends(env, PROBE_APPLICATION)
     with _admin(env) as admin:
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND application_name = 'energy-analytics-readiness'",
-            (env.name,),
-        ).fetchall()
-        assert killed == [(True,)]
-
-        def gone() -> bool:
-            return not admin.execute(
-                "SELECT 1 FROM pg_stat_activity"
-                " WHERE datname = %s AND application_name = 'energy-analytics-readiness'",
-                (env.name,),
-            ).fetchall()
-
-        wait_for(gone)
+        admin.execute("SELECT pg_terminate_backend(%s)", (probe,))
+    wait_for(lambda: not backends(env, PROBE_APPLICATION))
     # The dead connection is replaced within the same probe: no spurious 503.
     answer = client.get("/readyz")
     assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": "ok"})

@@ -56,8 +56,8 @@ def empty_objects(size: int) -> bytes:
 
 
 def one_huge_event(size: int) -> bytes:
-    """One JSON object of about ``size`` bytes, most of it a list of empty objects."""
-    return b'{"meterId":"LM1","padding":' + empty_objects(size) + b"}"
+    """One JSON object of at most ``size`` bytes, most of it a list of empty objects."""
+    return b'{"meterId":"LM1","padding":' + empty_objects(size - 200) + b"}"
 
 
 def _settings(env: ModuleEnv, **overrides: Any) -> GatewaySettings:
@@ -310,8 +310,9 @@ def test_bytes_in_flight_are_reserved_from_content_length_and_released(
     )
     held_batch = orjson.dumps([meter(i) for i in range(40)])  # more than half the bound
     small = orjson.dumps([meter(100)])
-    large = orjson.dumps([meter(i) for i in range(200, 240)])
+    large = orjson.dumps([meter(i) for i in range(200, 280)])
     assert len(held_batch) + len(small) <= limit < len(held_batch) + len(large)
+    assert len(large) <= limit
     with Server(app) as server:
         shed_before = shed("bytes")
         with server.held_upload("/v1/ingest/batch", held_batch) as held:

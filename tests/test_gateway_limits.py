@@ -216,6 +216,10 @@ class Server:
         held = self.app.state.gateway.in_flight
         return held.requests, held.bytes
 
+    def held(self) -> str:
+        """What the gateway holds now, for a failed wait's message."""
+        return f"(requests, bytes) in flight: {self.in_flight()}"
+
     def get(self, path: str) -> tuple[int, bytes]:
         """Status and body of ``GET path``."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -229,7 +233,7 @@ class Server:
     def post(
         self, path: str, body: bytes, chunked: bool = False
     ) -> tuple[int, dict[str, str], Any]:
-        """Status, headers and JSON body of a complete ``POST``."""
+        """Status, headers (lower-case names) and JSON body of a complete ``POST``."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
         try:
@@ -238,7 +242,8 @@ class Server:
             else:
                 conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
-            return response.status, dict(response.getheaders()), orjson.loads(response.read())
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return response.status, headers, orjson.loads(response.read())
         finally:
             conn.close()
 
@@ -285,16 +290,16 @@ def test_requests_past_the_in_flight_bound_are_503_at_once(env: ModuleEnv, fast_
     with Server(app) as server:
         shed_before = shed("requests")
         with server.held_upload("/v1/ingest/batch", batch) as held:
-            wait_for(lambda: server.in_flight() == (1, len(batch)), explain=server.in_flight)
+            wait_for(lambda: server.in_flight() == (1, len(batch)), explain=server.held)
             status, headers, body = server.post("/v1/ingest", orjson.dumps(meter()))
             assert status == 503
-            assert headers["Retry-After"] == "4"
+            assert headers["retry-after"] == "4"
             assert body["error"] == "overloaded"
             assert "1 request(s) in flight" in body["message"]
             assert shed("requests") == shed_before + 1
             # The held request was admitted before: it completes.
             assert finish(held, batch) == 202
-        wait_for(lambda: server.in_flight() == (0, 0), explain=server.in_flight)
+        wait_for(lambda: server.in_flight() == (0, 0), explain=server.held)
         assert server.post("/v1/ingest", orjson.dumps(meter()))[0] == 202
         metrics = scrape(f"http://127.0.0.1:{server.port}/metrics")
         assert metric_value(metrics, "energy_gateway_requests_shed_total", limit="requests") >= 1
@@ -316,20 +321,20 @@ def test_bytes_in_flight_are_reserved_from_content_length_and_released(
     with Server(app) as server:
         shed_before = shed("bytes")
         with server.held_upload("/v1/ingest/batch", held_batch) as held:
-            wait_for(lambda: server.in_flight() == (1, len(held_batch)), explain=server.in_flight)
+            wait_for(lambda: server.in_flight() == (1, len(held_batch)), explain=server.held)
             # What still fits is admitted; what does not is shed; a body of unknown
             # length reserves the whole body limit.
             assert server.post("/v1/ingest/batch", small)[0] == 202
             status, headers, body = server.post("/v1/ingest/batch", large)
             assert (status, body["error"]) == (503, "overloaded"), body
-            assert headers["Retry-After"] == "2"
+            assert headers["retry-after"] == "2"
             assert f"{limit} bytes" in body["message"]
             assert server.post("/v1/ingest/batch", small, chunked=True)[0] == 503
             assert shed("bytes") == shed_before + 2
             assert finish(held, held_batch) == 202
-        wait_for(lambda: server.in_flight() == (0, 0), explain=server.in_flight)
+        wait_for(lambda: server.in_flight() == (0, 0), explain=server.held)
         # A client that goes away mid-upload gives its reservation back.
         with server.held_upload("/v1/ingest/batch", held_batch):
-            wait_for(lambda: server.in_flight() == (1, len(held_batch)), explain=server.in_flight)
-        wait_for(lambda: server.in_flight() == (0, 0), explain=server.in_flight)
+            wait_for(lambda: server.in_flight() == (1, len(held_batch)), explain=server.held)
+        wait_for(lambda: server.in_flight() == (0, 0), explain=server.held)
         assert server.post("/v1/ingest/batch", large)[0] == 202

@@ -2,7 +2,9 @@
 
 A request is answered 202 only after Kafka acknowledged every one of its
 events; if that takes longer than ``publish_timeout_s`` (broker down, leader
-moving, buffer full) the request fails with :class:`KafkaUnavailable`.
+moving, buffer full) the request fails with :class:`KafkaUnavailable`. Once a
+publish has failed that way, later ones are refused at once until Kafka
+answers again (:mod:`ingest_gateway.circuit`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ingest_gateway import metrics
+from ingest_gateway.circuit import KafkaCircuit
 from ingest_gateway.errors import KafkaUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class KafkaPublisher:
         publish_timeout_s: float,
         retry_after_s: int,
         linger_ms: int,
+        probe_interval_s: float,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._timeout_s = publish_timeout_s
@@ -53,6 +57,7 @@ class KafkaPublisher:
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._starter: asyncio.Task[None] | None = None
+        self.circuit = KafkaCircuit(probe_interval_s, retry_after_s)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -96,6 +101,7 @@ class KafkaPublisher:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        self.circuit.close()
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         """Whether a broker answers a metadata request now."""
@@ -112,11 +118,13 @@ class KafkaPublisher:
         """Publish ``messages`` and wait until Kafka acknowledged all of them.
 
         Raises :class:`KafkaUnavailable` if that does not happen within the
-        publish timeout. Retrying the same messages is safe (see the error).
+        publish timeout, or at once while the circuit is open (Kafka known
+        down). Retrying the same messages is safe (see the error).
         """
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("not connected to Kafka yet", self._retry_after_s)
+        probe = self.circuit.admit()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -125,10 +133,22 @@ class KafkaPublisher:
                 await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels("timeout").inc()
+            self.circuit.failed("timeout")
             raise KafkaUnavailable(
                 f"Kafka did not acknowledge within {self._timeout_s:g} s", self._retry_after_s
             ) from exc
         except KafkaError as exc:
-            metrics.PUBLISH_FAILURES.labels(type(exc).__name__).inc()
+            cause = type(exc).__name__
+            metrics.PUBLISH_FAILURES.labels(cause).inc()
+            # A retriable error says Kafka is not answering; any other is this request's own.
+            if exc.retriable:
+                self.circuit.failed(cause)
+            elif probe:
+                self.circuit.abandoned()
             raise KafkaUnavailable(f"Kafka refused the events: {exc}", self._retry_after_s) from exc
+        except BaseException:
+            if probe:
+                self.circuit.abandoned()
+            raise
+        self.circuit.succeeded()
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)

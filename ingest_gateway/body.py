@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from ingest_gateway.errors import InvalidPayload, PayloadTooLarge, UnsupportedMediaType
 from ingest_gateway.publisher import Message
-from ingest_gateway.scan import Spans, array_spans, ndjson_spans
+from ingest_gateway.scan import Events, array_events, ndjson_events
 from schemas import (
     InvalidEvent,
     MeterReading,
@@ -52,7 +52,7 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
 
 
-def batch_spans(body: bytes, content_type: str, max_events: int, max_event_bytes: int) -> Spans:
+def batch_events(body: bytes, content_type: str, max_events: int, max_event_bytes: int) -> Events:
     """Where each event of a batch body (JSON array or NDJSON) is, before any is parsed.
 
     Raises :class:`PayloadTooLarge` over ``max_events`` or for one event over
@@ -61,12 +61,12 @@ def batch_spans(body: bytes, content_type: str, max_events: int, max_event_bytes
     :class:`UnsupportedMediaType` for other content types.
     """
     if content_type in NDJSON_TYPES:
-        return ndjson_spans(body, max_events, max_event_bytes)
+        return ndjson_events(body, max_events, max_event_bytes)
     if content_type not in {"application/json", "text/json"} and not content_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"send application/json (an array) or application/x-ndjson, not {content_type}"
         )
-    return array_spans(body, max_events, max_event_bytes)
+    return array_events(body, max_events, max_event_bytes)
 
 
 class _Problems:
@@ -94,40 +94,43 @@ class _Problems:
         return InvalidPayload(f"{what}{more}", self.listed)
 
 
-def batch_messages(spans: Spans, topics: TopicNames, limits: ValidationLimits) -> list[Message]:
-    """Parse and validate each event of ``spans`` in turn; all or nothing.
+def batch_messages(events: Events, topics: TopicNames, limits: ValidationLimits) -> list[Message]:
+    """Parse and validate each of ``events`` in turn; all or nothing.
 
     One event is held parsed at a time: memory follows the body's size, not its
-    shape. Raises :class:`InvalidPayload` naming each event (and NDJSON line)
-    that is not JSON or, when all are, each failing event index and field.
+    shape. Each event is published as it was sent (its JSON text, blanks
+    trimmed). Raises :class:`InvalidPayload` naming each event (and NDJSON
+    line) that is not JSON or, when all are, each failing event index and
+    field; the scan's errors when an optimistic cut turns out wrong.
     """
-    body = spans.body
     messages: list[Message] = []
     not_json = _Problems()
     invalid = _Problems()
-    for index, (start, end) in enumerate(zip(spans.starts, spans.ends, strict=True)):
+    lines: list[int] = []
+    for index, value in enumerate(events.items):
         try:
-            obj = orjson.loads(body[start:end])
+            obj = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            where = (
-                {"index": index, "line": spans.line_of(index)} if spans.ndjson else {"index": index}
-            )
+            if not events.exact:
+                # The cut went through a string: start again from the exact scan.
+                return batch_messages(events.exactly(), topics, limits)
+            if events.ndjson and not lines:
+                lines = events.line_numbers()
+            where = {"index": index, "line": lines[index]} if events.ndjson else {"index": index}
             not_json.add(where, [{"field": "", "message": f"not valid JSON: {exc}"}])
             continue
         if not_json.events:
             continue  # the answer lists JSON errors only; validating the rest is wasted
-        # Validation runs on JSON text; the same bytes are then published, so
-        # each event is serialized once.
         try:
-            messages.append(reading_message(obj, orjson.dumps(obj), topics, limits))
+            messages.append(reading_message(obj, value, topics, limits))
         except InvalidEvent as exc:
             invalid.add({"index": index}, list(exc.errors))
     if not_json.events:
-        kind = "NDJSON line(s)" if spans.ndjson else "event(s) of the batch"
+        kind = "NDJSON line(s)" if events.ndjson else "event(s) of the batch"
         raise not_json.refusal(f"{not_json.events} {kind} are not valid JSON")
     if invalid.events:
         raise invalid.refusal(
-            f"{invalid.events} of {len(spans.starts)} event(s) failed validation; "
+            f"{invalid.events} of {len(events.items)} event(s) failed validation; "
             "nothing was accepted"
         )
     return messages

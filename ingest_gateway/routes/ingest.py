@@ -20,8 +20,8 @@ from fastapi.types import DecoratedCallable
 
 from ingest_gateway import metrics
 from ingest_gateway.body import (
+    batch_events,
     batch_messages,
-    batch_spans,
     link_message,
     media_type,
     read_body,
@@ -102,14 +102,15 @@ async def ingest_batch(request: Request) -> Response:
     settings = state.settings
     with state.in_flight.admit(request, settings.max_body_bytes):
         body = await read_body(request, settings.max_body_bytes)
-        spans = batch_spans(
+        events = batch_events(
             body,
             media_type(request),
             settings.max_batch_events,
             settings.max_single_event_bytes(),
         )
-        messages = batch_messages(spans, state.topics, state.limits)
-        del body, spans  # what is published is in the messages: the body need not wait for Kafka
+        messages = batch_messages(events, state.topics, state.limits)
+        # What is published is in the messages: the body need not wait for Kafka.
+        del body, events
         return await _publish(state, messages)
 
 

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -114,12 +114,15 @@ class KafkaPublisher:
             return False
         return True
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(self, messages: list[Message]) -> None:
         """Publish ``messages`` and wait until Kafka acknowledged all of them.
 
-        Raises :class:`KafkaUnavailable` if that does not happen within the
-        publish timeout, or at once while the circuit is open (Kafka known
-        down). Retrying the same messages is safe (see the error).
+        ``messages`` is emptied once the producer holds its own copy of each
+        (its record batches), so they take memory once, not twice, while
+        Kafka is awaited. Raises :class:`KafkaUnavailable` if the
+        acknowledgement does not come within the publish timeout, or at once
+        while the circuit is open (Kafka known down). Retrying the same
+        messages is safe (see the error).
         """
         producer = self._producer
         if producer is None:
@@ -129,8 +132,15 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self._timeout_s):
                 futures = [await producer.send(m.topic, value=m.value, key=m.key) for m in messages]
-                # A lone future needs no gathering: the one-event path skips its bookkeeping.
-                await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
+                messages.clear()
+                # One after the other: those acknowledged meanwhile are done at once, and
+                # nothing is added per future (gather would add a callback to each).
+                try:
+                    for future in futures:
+                        await future
+                except BaseException:
+                    _let_go(futures)
+                    raise
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels("timeout").inc()
             self.circuit.failed("timeout")
@@ -152,3 +162,17 @@ class KafkaPublisher:
             raise
         self.circuit.succeeded()
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
+
+def _let_go(futures: list[asyncio.Future[Any]]) -> None:
+    """Stop waiting for ``futures``: cancel those pending, and mark failures as seen.
+
+    The request has failed already; the records may still reach Kafka (a retry
+    cannot double-count them). Without this, each future failing later would
+    be logged as an exception never retrieved.
+    """
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

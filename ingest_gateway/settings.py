@@ -43,11 +43,12 @@ class GatewaySettings(
     #: element or NDJSON line of a batch (a valid reading is a few hundred bytes).
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
     #: Per worker: ingest requests held at once, and the bytes their bodies may take
-    #: (each reserves its Content-Length, or the route's limit); past either, 503. The
-    #: defaults keep a worker near its 200 MB target (idle about 65 MB, a body costs
-    #: at most about 3 times its size while in flight): see bench/gateway_memory.py.
+    #: (each reserves its Content-Length, or the route's limit); past either, 503. A
+    #: worker idles at about 60 MB; a valid batch costs about 5 times its body while
+    #: Kafka is awaited, a refused one about twice: 16 MiB keeps a worker well under its
+    #: 200 MB target (bench/gateway_memory.py measures it).
     max_requests_in_flight: int = Field(default=256, ge=1)
-    max_bytes_in_flight: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_bytes_in_flight: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: While the circuit to Kafka is open, one publish probes it this often.
     circuit_probe_interval_s: float = Field(default=1.0, gt=0, le=600)
     linger_ms: int = Field(default=5, ge=0, le=1000)

@@ -67,13 +67,15 @@ def _state(request: Request) -> GatewayState:
 
 
 async def _publish(state: GatewayState, messages: list[Message]) -> Response:
-    await state.publisher.publish(messages)
+    """Publish ``messages`` (the list is emptied: see :meth:`KafkaPublisher.publish`); 202."""
     per_stream = Counter(m.stream for m in messages)
+    accepted = len(messages)
+    await state.publisher.publish(messages)
     for stream, count in per_stream.items():
         metrics.EVENTS_ACCEPTED.labels(stream).inc(count)
     # Rendered with orjson: a few microseconds less per answer than the stdlib
     # encoder behind JSONResponse, which counts on the one-event path.
-    body = orjson.dumps({"accepted": len(messages), **per_stream})
+    body = orjson.dumps({"accepted": accepted, **per_stream})
     return Response(body, status_code=202, media_type="application/json")
 
 

@@ -88,9 +88,8 @@ class _Problems:
         self.listed.extend({**where, **err} for err in errors[:room])
 
     def refusal(self, what: str) -> InvalidPayload:
-        more = (
-            " (the first 1000 problems are listed)" if len(self.listed) >= self.MAX_LISTED else ""
-        )
+        full = len(self.listed) >= self.MAX_LISTED
+        more = f" (the first {self.MAX_LISTED} problems are listed)" if full else ""
         return InvalidPayload(f"{what}{more}", self.listed)
 
 

@@ -59,11 +59,10 @@ class KafkaCircuit:
         self._refused = metrics.PUBLISH_FAILURES.labels("circuit_open")
 
     def admit(self) -> bool:
-        """Whether a publish may go to Kafka now; ``True`` also when it is the probe.
+        """Let a publish go to Kafka now, or raise :class:`KafkaUnavailable` (counted).
 
-        Raises :class:`KafkaUnavailable` (counted) when the circuit refuses it.
         Returns whether the publish is the half-open probe, which must then
-        report :meth:`succeeded` or :meth:`failed` (or :meth:`abandoned`).
+        report :meth:`succeeded`, :meth:`failed` or :meth:`abandoned`.
         """
         if self.state is State.CLOSED:
             return False

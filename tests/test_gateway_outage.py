@@ -37,8 +37,8 @@ def reading() -> bytes:
 
 @pytest.fixture(scope="module")
 def own_kafka() -> Iterator[LocalStack]:
-    """A local stack of this module's own, on free ports; stopped at module end."""
-    stack = LocalStack(f"test-outage-{uuid.uuid4().hex[:6]}", free_port(), free_port(), free_port())
+    """A local stack of this module's own (``.stack/test-outage``), on free ports; stopped after."""
+    stack = LocalStack("test-outage", free_port(), free_port(), free_port())
     with local_stack(stack):
         yield stack
 

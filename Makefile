@@ -9,7 +9,7 @@ UV         := $(UV_VENV)/bin/uv
 UV_VERSION := 0.13.9
 STACK      := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-analytics bench-freshness bench-recovery demo schemas clean
+.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-gateway-memory bench-analytics bench-freshness bench-recovery demo schemas clean
 
 help:
 	@echo "make up        start Kafka, PostgreSQL, migrations, gateway, consumers, analytics"
@@ -17,7 +17,7 @@ help:
 	@echo "make status    what is running"
 	@echo "make test      the test suite against real Kafka and PostgreSQL"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     every benchmark (bench-consumer, bench-gateway, bench-analytics, ...)"
+	@echo "make bench     every benchmark (bench-consumer, bench-gateway, bench-gateway-memory, bench-analytics, ...)"
 	@echo "make demo      a simulated fleet through the running stack, then analytics"
 
 # The venv is built from uv.lock exactly; uv itself lives in its own small venv.
@@ -58,7 +58,7 @@ format: venv
 schemas: venv
 	$(PY) -m schemas
 
-bench: bench-consumer bench-gateway bench-analytics bench-freshness bench-recovery
+bench: bench-consumer bench-gateway bench-gateway-memory bench-analytics bench-freshness bench-recovery
 
 # Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
 # DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
@@ -82,6 +82,11 @@ bench-gateway: venv
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 	  { echo "bench-gateway: wrk is missing: apt-get install wrk (Debian, Ubuntu)" >&2; exit 2; }
 	@$(PY) -m bench.gateway_throughput $(BENCH_GATEWAY_ARGS)
+
+# One gateway worker's peak RSS under 16 concurrent worst-case bodies (fails over 200 MB), and
+# the batch scan's cost against parsing; BENCH_GATEWAY_MEMORY_ARGS e.g. "--rounds 5".
+bench-gateway-memory: venv
+	@$(PY) -m bench.gateway_memory $(BENCH_GATEWAY_MEMORY_ARGS)
 
 # 202 -> visible in live status at 333 and 10,000 events/s, through the running stack (make up).
 bench-freshness: venv

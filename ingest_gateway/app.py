@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.middleware import Middleware
 
 from ingest_gateway import metrics
+from ingest_gateway.admission import InFlight
 from ingest_gateway.fastpath import IngestFastPath, fast_routes
 from ingest_gateway.publisher import KafkaPublisher
 from ingest_gateway.routes import ingest
@@ -36,6 +37,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings.publish_timeout_s,
         settings.retry_after_s,
         settings.linger_ms,
+        settings.circuit_probe_interval_s,
     )
 
     @asynccontextmanager
@@ -75,6 +77,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         publisher=publisher,
         topics=settings.topics(),
         limits=settings.limits(),
+        in_flight=InFlight(
+            settings.max_requests_in_flight, settings.max_bytes_in_flight, settings.retry_after_s
+        ),
     )
     return app
 

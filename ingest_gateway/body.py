@@ -2,7 +2,9 @@
 
 A body over the size limit is refused (413) as soon as that is known: from
 ``Content-Length`` before reading anything, or while streaming once the limit
-is crossed, never after buffering it whole.
+is crossed, never after buffering it whole. A batch's events are located on
+the raw bytes first (:mod:`ingest_gateway.scan`: count and per-event size
+checked before anything is parsed), then parsed and validated one at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 
 from ingest_gateway.errors import InvalidPayload, PayloadTooLarge, UnsupportedMediaType
 from ingest_gateway.publisher import Message
+from ingest_gateway.scan import Events, array_events, ndjson_events
 from schemas import (
     InvalidEvent,
     MeterReading,
@@ -21,7 +24,6 @@ from schemas import (
     TopicNames,
     ValidationLimits,
     link_from_obj,
-    parse_json,
     reading_from_obj,
 )
 
@@ -50,89 +52,117 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
 
 
-def parse_batch(body: bytes, content_type: str, max_events: int) -> list[Any]:
-    """A batch body as a list of parsed JSON values (JSON array or NDJSON).
+def batch_events(body: bytes, content_type: str, max_events: int, max_event_bytes: int) -> Events:
+    """Where each event of a batch body (JSON array or NDJSON) is, before any is parsed.
 
-    Raises :class:`InvalidPayload` for malformed JSON (naming the line for
-    NDJSON), :class:`PayloadTooLarge` over ``max_events``,
+    Raises :class:`PayloadTooLarge` over ``max_events`` or for one event over
+    ``max_event_bytes``, :class:`InvalidPayload` for a body that is not an
+    array (or breaks its structure) or holds no event,
     :class:`UnsupportedMediaType` for other content types.
     """
     if content_type in NDJSON_TYPES:
-        items: list[Any] = []
-        errors: list[dict[str, Any]] = []
-        for line_no, line in enumerate(body.splitlines(), start=1):
-            if not line.strip():
-                continue
-            if len(items) + len(errors) >= max_events:
-                raise PayloadTooLarge(f"batch holds more than {max_events} events")
-            try:
-                items.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                errors.append(
-                    {
-                        "index": len(items) + len(errors),
-                        "line": line_no,
-                        "field": "",
-                        "message": f"not valid JSON: {exc}",
-                    }
-                )
-                items.append(None)
-        if errors:
-            raise InvalidPayload(f"{len(errors)} NDJSON line(s) are not valid JSON", errors)
-        if not items:
-            raise InvalidPayload("batch is empty")
-        return items
+        return ndjson_events(body, max_events, max_event_bytes)
     if content_type not in {"application/json", "text/json"} and not content_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"send application/json (an array) or application/x-ndjson, not {content_type}"
         )
-    try:
-        parsed = parse_json(body)
-    except InvalidEvent as exc:
-        raise InvalidPayload(exc.reason) from None
-    if not isinstance(parsed, list):
-        raise InvalidPayload("batch body must be a JSON array of events")
-    if len(parsed) > max_events:
-        raise PayloadTooLarge(f"batch of {len(parsed)} events exceeds the limit of {max_events}")
-    if not parsed:
-        raise InvalidPayload("batch is empty")
-    return parsed
+    return array_events(body, max_events, max_event_bytes)
 
 
-def reading_messages(
-    items: list[Any], topics: TopicNames, limits: ValidationLimits, raw: bytes | None = None
-) -> list[Message]:
-    """Validate every reading; all or nothing.
+class _Problems:
+    """The problems of one request, for its 422: every one counted, the first ``MAX_LISTED`` kept.
 
-    Raises :class:`InvalidPayload` listing every failing event index and
-    field. ``raw`` (a single event's exact body) is published as it was sent.
+    A 64 KB event of unknown fields alone has thousands; listing them all would
+    cost more memory than the body.
+    """
+
+    MAX_LISTED = 1000
+
+    def __init__(self) -> None:
+        self.listed: list[dict[str, Any]] = []
+        self.events = 0
+
+    def add(self, where: dict[str, Any], errors: list[Any]) -> None:
+        self.events += 1
+        room = self.MAX_LISTED - len(self.listed)
+        self.listed.extend({**where, **err} for err in errors[:room])
+
+    def refusal(self, what: str) -> InvalidPayload:
+        full = len(self.listed) >= self.MAX_LISTED
+        more = f" (the first {self.MAX_LISTED} problems are listed)" if full else ""
+        return InvalidPayload(f"{what}{more}", self.listed)
+
+
+def batch_messages(events: Events, topics: TopicNames, limits: ValidationLimits) -> list[Message]:
+    """Parse and validate each of ``events`` in turn; all or nothing.
+
+    One event is held parsed at a time: memory follows the body's size, not its
+    shape. Each event is published as it was sent (its JSON text, blanks
+    trimmed). Raises :class:`InvalidPayload` naming each event (and NDJSON
+    line) that is not JSON or, when all are, each failing event index and
+    field; the scan's errors when an optimistic cut turns out wrong.
     """
     messages: list[Message] = []
-    errors: list[dict[str, Any]] = []
-    for index, obj in enumerate(items):
-        # Validation runs on JSON text; the same bytes are then published, so
-        # each event is serialized once.
-        value = raw if raw is not None else orjson.dumps(obj)
+    not_json = _Problems()
+    invalid = _Problems()
+    lines: list[int] = []
+    for index, value in enumerate(events.items):
         try:
-            event = reading_from_obj(obj, limits, raw=value)
-        except InvalidEvent as exc:
-            errors.extend({"index": index, **err} for err in exc.errors)
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            if not events.exact:
+                # The cut went through a string: start again from the exact scan.
+                return batch_messages(events.exactly(), topics, limits)
+            if events.ndjson and not lines:
+                lines = events.line_numbers()
+            where = {"index": index, "line": lines[index]} if events.ndjson else {"index": index}
+            not_json.add(where, [{"field": "", "message": f"not valid JSON: {exc}"}])
             continue
-        stream = Stream.METER if isinstance(event, MeterReading) else Stream.VEHICLE
-        messages.append(
-            Message(
-                topic=topics.for_stream(stream),
-                key=event.device_id.encode(),
-                value=value,
-                stream=stream.value,
-            )
-        )
-    if errors:
-        bad = len({e["index"] for e in errors})
-        raise InvalidPayload(
-            f"{bad} of {len(items)} event(s) failed validation; nothing was accepted", errors
+        if not_json.events:
+            continue  # the answer lists JSON errors only; validating the rest is wasted
+        try:
+            messages.append(reading_message(obj, value, topics, limits))
+        except InvalidEvent as exc:
+            invalid.add({"index": index}, list(exc.errors))
+    if not_json.events:
+        kind = "NDJSON line(s)" if events.ndjson else "event(s) of the batch"
+        raise not_json.refusal(f"{not_json.events} {kind} are not valid JSON")
+    if invalid.events:
+        raise invalid.refusal(
+            f"{invalid.events} of {len(events.items)} event(s) failed validation; "
+            "nothing was accepted"
         )
     return messages
+
+
+def single_reading(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:
+    """Validate one reading sent alone; ``raw`` (its exact body) is published as it was sent.
+
+    Raises :class:`InvalidPayload` naming each failing field (as event index 0).
+    """
+    try:
+        return reading_message(obj, raw, topics, limits)
+    except InvalidEvent as exc:
+        problems = _Problems()
+        problems.add({"index": 0}, list(exc.errors))
+        raise problems.refusal("1 of 1 event(s) failed validation; nothing was accepted") from None
+
+
+def reading_message(
+    obj: Any, value: bytes, topics: TopicNames, limits: ValidationLimits
+) -> Message:
+    """The Kafka record of one reading, ``value`` being its JSON text.
+
+    Raises :class:`schemas.InvalidEvent` naming every failing field.
+    """
+    event = reading_from_obj(obj, limits, raw=value)
+    stream = Stream.METER if isinstance(event, MeterReading) else Stream.VEHICLE
+    return Message(
+        topic=topics.for_stream(stream),
+        key=event.device_id.encode(),
+        value=value,
+        stream=stream.value,
+    )
 
 
 def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:

@@ -31,10 +31,20 @@ class InvalidPayload(GatewayError, InvalidRequest):
 
 
 class KafkaUnavailable(GatewayError, Unavailable):
-    """Kafka did not acknowledge in time (503); retrying the request after ``Retry-After`` is safe.
+    """Kafka did not acknowledge in time, or is known to be down (503); retrying after
+    ``Retry-After`` is safe.
 
     Some events of the request may have been stored already; a retry cannot
     double-count them because history is unique per device and timestamp.
     """
 
     code = "kafka_unavailable"
+
+
+class Overloaded(GatewayError, Unavailable):
+    """This worker holds as many requests, or request bytes, as it may (503); retry later.
+
+    Nothing of the request was read or published.
+    """
+
+    code = "overloaded"

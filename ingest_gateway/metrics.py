@@ -6,7 +6,7 @@ Its HTTP request metrics, ``energy_gateway_requests_total`` and
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.http_metrics import LATENCY_BUCKETS
 
@@ -25,6 +25,19 @@ PUBLISH_SECONDS = Histogram(
 )
 PUBLISH_FAILURES = Counter(
     "energy_gateway_publish_failures_total",
-    "Requests answered 503 because Kafka did not ack.",
+    "Requests answered 503 because Kafka did not ack (cause circuit_open: refused at once, "
+    "Kafka being known down).",
     ["cause"],
+)
+KAFKA_CIRCUIT_OPEN = Gauge(
+    "energy_gateway_kafka_circuit_open",
+    "1 per worker whose circuit to Kafka is open: publishes are refused at once "
+    "but for a periodic probe.",
+    multiprocess_mode="livesum",
+)
+REQUESTS_SHED = Counter(
+    "energy_gateway_requests_shed_total",
+    "Requests answered 503 at once because the worker held its bound of requests "
+    "or bytes in flight.",
+    ["limit"],
 )

@@ -2,7 +2,9 @@
 
 A request is answered 202 only after Kafka acknowledged every one of its
 events; if that takes longer than ``publish_timeout_s`` (broker down, leader
-moving, buffer full) the request fails with :class:`KafkaUnavailable`.
+moving, buffer full) the request fails with :class:`KafkaUnavailable`. Once a
+publish has failed that way, later ones are refused at once until Kafka
+answers again (:mod:`ingest_gateway.circuit`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ingest_gateway import metrics
+from ingest_gateway.circuit import KafkaCircuit
 from ingest_gateway.errors import KafkaUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class KafkaPublisher:
         publish_timeout_s: float,
         retry_after_s: int,
         linger_ms: int,
+        probe_interval_s: float,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._timeout_s = publish_timeout_s
@@ -53,6 +57,7 @@ class KafkaPublisher:
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._starter: asyncio.Task[None] | None = None
+        self.circuit = KafkaCircuit(probe_interval_s, retry_after_s)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -96,6 +101,7 @@ class KafkaPublisher:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        self.circuit.close()
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         """Whether a broker answers a metadata request now."""
@@ -108,27 +114,65 @@ class KafkaPublisher:
             return False
         return True
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(self, messages: list[Message]) -> None:
         """Publish ``messages`` and wait until Kafka acknowledged all of them.
 
-        Raises :class:`KafkaUnavailable` if that does not happen within the
-        publish timeout. Retrying the same messages is safe (see the error).
+        ``messages`` is emptied once the producer holds its own copy of each
+        (its record batches), so they take memory once, not twice, while
+        Kafka is awaited. Raises :class:`KafkaUnavailable` if the
+        acknowledgement does not come within the publish timeout, or at once
+        while the circuit is open (Kafka known down). Retrying the same
+        messages is safe (see the error).
         """
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("not connected to Kafka yet", self._retry_after_s)
+        probe = self.circuit.admit()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
                 futures = [await producer.send(m.topic, value=m.value, key=m.key) for m in messages]
-                # A lone future needs no gathering: the one-event path skips its bookkeeping.
-                await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
+                messages.clear()
+                # One after the other: those acknowledged meanwhile are done at once, and
+                # nothing is added per future (gather would add a callback to each).
+                try:
+                    for future in futures:
+                        await future
+                except BaseException:
+                    _let_go(futures)
+                    raise
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels("timeout").inc()
+            self.circuit.failed("timeout")
             raise KafkaUnavailable(
                 f"Kafka did not acknowledge within {self._timeout_s:g} s", self._retry_after_s
             ) from exc
         except KafkaError as exc:
-            metrics.PUBLISH_FAILURES.labels(type(exc).__name__).inc()
+            cause = type(exc).__name__
+            metrics.PUBLISH_FAILURES.labels(cause).inc()
+            # A retriable error says Kafka is not answering; any other is this request's own.
+            if exc.retriable:
+                self.circuit.failed(cause)
+            elif probe:
+                self.circuit.abandoned()
             raise KafkaUnavailable(f"Kafka refused the events: {exc}", self._retry_after_s) from exc
+        except BaseException:
+            if probe:
+                self.circuit.abandoned()
+            raise
+        self.circuit.succeeded()
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+
+
+def _let_go(futures: list[asyncio.Future[Any]]) -> None:
+    """Stop waiting for ``futures``: cancel those pending, and mark failures as seen.
+
+    The request has failed already; the records may still reach Kafka (a retry
+    cannot double-count them). Without this, each future failing later would
+    be logged as an exception never retrieved.
+    """
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

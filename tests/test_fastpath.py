@@ -36,6 +36,7 @@ from tests.conftest import API_KEY, ModuleEnv, wait_for
 BEARER = f"Bearer {API_KEY}"
 MAX_BODY_BYTES = 2048
 MAX_BATCH_EVENTS = 5
+MAX_EVENT_BYTES = 1024
 INGEST_PATHS = frozenset({"/v1/ingest", "/v1/ingest/batch", "/v1/links"})
 #: A request header the spy turns into the ASGI ``root_path``, as a proxy's prefix would be.
 ROOT_PATH_HEADER = "x-test-root-path"
@@ -66,6 +67,11 @@ def ndjson(*events: Any) -> bytes:
 def meters(count: int) -> list[dict[str, Any]]:
     """``count`` readings of one meter, a minute apart."""
     return [{**METER, "timestamp": iso(TS - timedelta(minutes=i))} for i in range(count)]
+
+
+def padded(event: dict[str, Any], size: int) -> dict[str, Any]:
+    """``event`` with an extra field making its JSON ``size`` bytes long."""
+    return {**event, "pad": "x" * (size - len(js(event)) - len(',"pad":""'))}
 
 
 def streamed(size: int) -> Callable[[], Iterator[bytes]]:
@@ -167,6 +173,27 @@ CASES = [
     Case("batch-too-large-streamed", "/v1/ingest/batch", streamed(3 * MAX_BODY_BYTES), 413),
     Case("single-too-large", "/v1/ingest", b" " * (MAX_BODY_BYTES + 1), 413),
     Case("link-too-large", "/v1/links", streamed(MAX_BODY_BYTES + 1), 413),
+    Case("single-over-event-limit", "/v1/ingest", js(padded(METER, MAX_EVENT_BYTES + 1)), 413),
+    Case("link-over-event-limit", "/v1/links", js(padded(LINK, MAX_EVENT_BYTES + 1)), 413),
+    Case(
+        "batch-event-over-limit",
+        "/v1/ingest/batch",
+        js([METER, padded(VEHICLE, MAX_EVENT_BYTES + 1)]),
+        413,
+    ),
+    Case(
+        "ndjson-line-over-limit",
+        "/v1/ingest/batch",
+        ndjson(METER, padded(VEHICLE, MAX_EVENT_BYTES + 1)),
+        413,
+        "application/x-ndjson",
+    ),
+    Case(
+        "batch-count-before-json",
+        "/v1/ingest/batch",
+        js(meters(MAX_BATCH_EVENTS))[:-1] + b",{oops}]",
+        413,
+    ),
     # No known key: 401, before the body is looked at.
     Case("no-key", "/v1/ingest", js(METER), 401, authorization=None),
     Case("wrong-key", "/v1/ingest", js(METER), 401, authorization="Bearer wrong-key"),
@@ -358,6 +385,7 @@ def _settings(topics: TopicNames, **overrides: Any) -> GatewaySettings:
         "api_keys": API_KEY,
         "max_body_bytes": MAX_BODY_BYTES,
         "max_batch_events": MAX_BATCH_EVENTS,
+        "max_event_bytes": MAX_EVENT_BYTES,
         "publish_timeout_s": 1.0,
         **overrides,
     }

@@ -3,6 +3,8 @@
 Each answers 202 with the number of events accepted, and only after Kafka
 acknowledged all of them. Validation is all or nothing: one bad event in a
 batch gives 422 naming each bad index and field, and nothing is published.
+Each holds its place in the worker's in-flight bounds
+(:mod:`ingest_gateway.admission`) from before its body is read until it ends.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from fastapi.responses import Response
 from fastapi.types import DecoratedCallable
 
 from ingest_gateway import metrics
-from ingest_gateway.body import link_message, media_type, parse_batch, read_body, reading_messages
+from ingest_gateway.body import (
+    batch_events,
+    batch_messages,
+    link_message,
+    media_type,
+    read_body,
+    single_reading,
+)
 from ingest_gateway.errors import InvalidPayload
 from ingest_gateway.publisher import Message
 from ingest_gateway.state import GatewayState
@@ -58,13 +67,15 @@ def _state(request: Request) -> GatewayState:
 
 
 async def _publish(state: GatewayState, messages: list[Message]) -> Response:
-    await state.publisher.publish(messages)
+    """Publish ``messages`` (the list is emptied: see :meth:`KafkaPublisher.publish`); 202."""
     per_stream = Counter(m.stream for m in messages)
+    accepted = len(messages)
+    await state.publisher.publish(messages)
     for stream, count in per_stream.items():
         metrics.EVENTS_ACCEPTED.labels(stream).inc(count)
     # Rendered with orjson: a few microseconds less per answer than the stdlib
     # encoder behind JSONResponse, which counts on the one-event path.
-    body = orjson.dumps({"accepted": len(messages), **per_stream})
+    body = orjson.dumps({"accepted": accepted, **per_stream})
     return Response(body, status_code=202, media_type="application/json")
 
 
@@ -79,26 +90,38 @@ def _parse_one(body: bytes) -> Any:
 async def ingest_one(request: Request) -> Response:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     state = _state(request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    obj = _parse_one(body)
-    messages = reading_messages([obj], state.topics, state.limits, raw=body.strip())
-    return await _publish(state, messages)
+    max_bytes = state.settings.max_single_event_bytes()
+    with state.in_flight.admit(request, max_bytes):
+        body = await read_body(request, max_bytes)
+        message = single_reading(_parse_one(body), body.strip(), state.topics, state.limits)
+        return await _publish(state, [message])
 
 
 @_accepting("/ingest/batch", _BATCH_BODY, "Ingest a batch of readings (JSON array or NDJSON)")
 async def ingest_batch(request: Request) -> Response:
     """Up to ``max_batch_events`` events, all accepted or none."""
     state = _state(request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    items = parse_batch(body, media_type(request), state.settings.max_batch_events)
-    messages = reading_messages(items, state.topics, state.limits)
-    return await _publish(state, messages)
+    settings = state.settings
+    with state.in_flight.admit(request, settings.max_body_bytes):
+        body = await read_body(request, settings.max_body_bytes)
+        events = batch_events(
+            body,
+            media_type(request),
+            settings.max_batch_events,
+            settings.max_single_event_bytes(),
+        )
+        messages = batch_messages(events, state.topics, state.limits)
+        # What is published is in the messages: the body need not wait for Kafka.
+        del body, events
+        return await _publish(state, messages)
 
 
 @_accepting("/links", _EVENT_BODY, "Link a vehicle to the meter that feeds it")
 async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     state = _state(request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    message = link_message(_parse_one(body), body.strip(), state.topics, state.limits)
-    return await _publish(state, [message])
+    max_bytes = state.settings.max_single_event_bytes()
+    with state.in_flight.admit(request, max_bytes):
+        body = await read_body(request, max_bytes)
+        message = link_message(_parse_one(body), body.strip(), state.topics, state.limits)
+        return await _publish(state, [message])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,12 +12,15 @@ from starlette.middleware import Middleware
 
 from ingest_gateway import metrics
 from ingest_gateway.admission import InFlight
+from ingest_gateway.errors import ClientClosed
 from ingest_gateway.fastpath import IngestFastPath, fast_routes
 from ingest_gateway.publisher import KafkaPublisher
 from ingest_gateway.routes import ingest
 from ingest_gateway.settings import GatewaySettings
 from ingest_gateway.state import GatewayState
 from schemas.web import ApiError, Readiness, api_app, error_response
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -85,7 +89,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 async def _error(request: Request, exc: ApiError) -> Response:
-    """Answer ``exc``; a body refused for its size or content counts as rejected events."""
+    """Answer ``exc``; a body refused for its size or content counts as rejected events.
+
+    A client gone mid-body is one INFO line and status 499 in the request
+    metrics: nothing failed on this side.
+    """
     if exc.status in (413, 422):
         metrics.EVENTS_REJECTED.labels(exc.code).inc()
+    elif isinstance(exc, ClientClosed):
+        log.info("%s %s: %s", request.method, request.url.path, exc.message)
     return error_response(exc)

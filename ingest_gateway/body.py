@@ -12,9 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from ingest_gateway.errors import InvalidPayload, PayloadTooLarge, UnsupportedMediaType
+from ingest_gateway.errors import (
+    ClientClosed,
+    InvalidPayload,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from ingest_gateway.publisher import Message
 from ingest_gateway.scan import Events, array_events, ndjson_events
 from schemas import (
@@ -31,7 +36,10 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, or :class:`PayloadTooLarge` without reading past ``max_bytes``."""
+    """The whole body, or :class:`PayloadTooLarge` without reading past ``max_bytes``.
+
+    :class:`ClientClosed` when the client goes away before sending all of it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(
@@ -39,11 +47,16 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientClosed(
+            f"client closed the connection after {size} of {declared or 'unknown'} body bytes"
+        ) from exc
     return b"".join(chunks)
 
 

@@ -19,6 +19,17 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class ClientClosed(GatewayError):
+    """The client closed the connection before its body was read whole; nothing was published.
+
+    Answered with 499 (nginx's "client closed request"), which no client
+    receives: it is what the request metrics and the log record.
+    """
+
+    status = 499
+    code = "client_closed_request"
+
+
 class UnsupportedMediaType(GatewayError):
     """A batch body that is neither JSON nor NDJSON."""
 

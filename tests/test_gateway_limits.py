@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import socket
 import threading
 import tracemalloc
@@ -354,3 +355,31 @@ def test_bytes_in_flight_are_reserved_from_content_length_and_released(
             wait_for(lambda: server.in_flight() == (1, len(held_batch)), explain=server.held)
         wait_for(lambda: server.in_flight() == (0, 0), explain=server.held)
         assert server.post("/v1/ingest/batch", large)[0] == 202
+
+
+def answered(route: str, status: int) -> float:
+    """``energy_gateway_requests_total{route,status}`` in this process."""
+    value = REGISTRY.get_sample_value(
+        "energy_gateway_requests_total", {"route": route, "status": str(status)}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_a_client_gone_mid_upload_is_counted_as_499_not_500(
+    env: ModuleEnv, fast_path: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(_settings(env, fast_path=fast_path))
+    body = orjson.dumps([meter(i) for i in range(40)])
+    route = "/v1/ingest/batch"
+    with caplog.at_level(logging.INFO), Server(app) as server:
+        before = (answered(route, 499), answered(route, 500))
+        with server.held_upload(route, body):
+            wait_for(lambda: server.in_flight() == (1, len(body)), explain=server.held)
+        wait_for(lambda: answered(route, 499) == before[0] + 1, explain=server.held)
+        assert answered(route, 500) == before[1]
+        assert server.in_flight() == (0, 0)
+        assert server.post(route, body)[0] == 202
+    closed = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in closed] == [(logging.INFO, None)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

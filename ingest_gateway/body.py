@@ -89,20 +89,23 @@ class _Problems:
     cost more memory than the body.
     """
 
-    MAX_LISTED = 1000
+    MAX_LISTED = 100
 
     def __init__(self) -> None:
         self.listed: list[dict[str, Any]] = []
         self.events = 0
+        self.problems = 0
 
     def add(self, where: dict[str, Any], errors: list[Any]) -> None:
         self.events += 1
+        self.problems += len(errors)
         room = self.MAX_LISTED - len(self.listed)
         self.listed.extend({**where, **err} for err in errors[:room])
 
     def refusal(self, what: str) -> InvalidPayload:
-        full = len(self.listed) >= self.MAX_LISTED
-        more = f" (the first {self.MAX_LISTED} problems are listed)" if full else ""
+        more = ""
+        if self.problems > len(self.listed):
+            more = f" (the first {len(self.listed)} of {self.problems} problems are listed)"
         return InvalidPayload(f"{what}{more}", self.listed)
 
 

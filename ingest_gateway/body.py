@@ -60,9 +60,30 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def media_type(request: Request) -> str:
-    """The request's media type without parameters, lower-case."""
-    return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+def media_type(request: Request, ndjson: bool = False) -> str:
+    """The request's media type (lower-case), if the route takes it; else 415.
+
+    JSON (``application/json``, ``text/json``, ``*+json``) and, where ``ndjson``,
+    NDJSON are taken, in UTF-8 only: a declared ``charset`` must be UTF-8. A
+    request without ``Content-Type`` counts as ``application/json``. Raises
+    :class:`UnsupportedMediaType` before any of the body is read.
+    """
+    header = request.headers.get("content-type")
+    if header is None:
+        return "application/json"
+    kind, _, params = header.partition(";")
+    kind = kind.strip().lower()
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in {"utf-8", "utf8"}:
+            raise UnsupportedMediaType(f"send UTF-8, not charset={charset}")
+    if kind in {"application/json", "text/json"} or kind.endswith("+json"):
+        return kind
+    if ndjson and kind in NDJSON_TYPES:
+        return kind
+    also = " or application/x-ndjson" if ndjson else ""
+    raise UnsupportedMediaType(f"send application/json{also}, not {kind or 'an empty type'}")
 
 
 def batch_events(body: bytes, content_type: str, max_events: int, max_event_bytes: int) -> Events:
@@ -70,15 +91,11 @@ def batch_events(body: bytes, content_type: str, max_events: int, max_event_byte
 
     Raises :class:`PayloadTooLarge` over ``max_events`` or for one event over
     ``max_event_bytes``, :class:`InvalidPayload` for a body that is not an
-    array (or breaks its structure) or holds no event,
-    :class:`UnsupportedMediaType` for other content types.
+    array (or breaks its structure) or holds no event. ``content_type`` is
+    what :func:`media_type` returned: NDJSON, else a JSON array.
     """
     if content_type in NDJSON_TYPES:
         return ndjson_events(body, max_events, max_event_bytes)
-    if content_type not in {"application/json", "text/json"} and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"send application/json (an array) or application/x-ndjson, not {content_type}"
-        )
     return array_events(body, max_events, max_event_bytes)
 
 

@@ -91,6 +91,7 @@ async def ingest_one(request: Request) -> Response:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     state = _state(request)
     max_bytes = state.settings.max_single_event_bytes()
+    media_type(request)
     with state.in_flight.admit(request, max_bytes):
         body = await read_body(request, max_bytes)
         message = single_reading(_parse_one(body), body.strip(), state.topics, state.limits)
@@ -102,11 +103,12 @@ async def ingest_batch(request: Request) -> Response:
     """Up to ``max_batch_events`` events, all accepted or none."""
     state = _state(request)
     settings = state.settings
+    kind = media_type(request, ndjson=True)
     with state.in_flight.admit(request, settings.max_body_bytes):
         body = await read_body(request, settings.max_body_bytes)
         events = batch_events(
             body,
-            media_type(request),
+            kind,
             settings.max_batch_events,
             settings.max_single_event_bytes(),
         )
@@ -121,6 +123,7 @@ async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     state = _state(request)
     max_bytes = state.settings.max_single_event_bytes()
+    media_type(request)
     with state.in_flight.admit(request, max_bytes):
         body = await read_body(request, max_bytes)
         message = link_message(_parse_one(body), body.strip(), state.topics, state.limits)

@@ -30,7 +30,7 @@ from ingest_gateway.body import (
 from ingest_gateway.errors import InvalidPayload
 from ingest_gateway.publisher import Message
 from ingest_gateway.state import GatewayState
-from schemas import InvalidEvent, parse_json
+from schemas import InvalidEvent, TopicNames, ValidationLimits, parse_json
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -86,16 +86,25 @@ def _parse_one(body: bytes) -> Any:
         raise InvalidPayload(exc.reason) from None
 
 
-@_accepting("/ingest", _EVENT_BODY, "Ingest one meter or vehicle reading")
-async def ingest_one(request: Request) -> Response:
-    """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
+#: Validates one parsed event (its raw body alongside) into its Kafka message.
+_EventBuilder = Callable[[Any, bytes, TopicNames, ValidationLimits], Message]
+
+
+async def _one_event(request: Request, build: _EventBuilder) -> Response:
+    """A route of one event: type checked, body read within the single-event cap, published."""
     state = _state(request)
     max_bytes = state.settings.max_single_event_bytes()
     media_type(request)
     with state.in_flight.admit(request, max_bytes):
         body = await read_body(request, max_bytes)
-        message = single_reading(_parse_one(body), body.strip(), state.topics, state.limits)
+        message = build(_parse_one(body), body.strip(), state.topics, state.limits)
         return await _publish(state, [message])
+
+
+@_accepting("/ingest", _EVENT_BODY, "Ingest one meter or vehicle reading")
+async def ingest_one(request: Request) -> Response:
+    """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
+    return await _one_event(request, single_reading)
 
 
 @_accepting("/ingest/batch", _BATCH_BODY, "Ingest a batch of readings (JSON array or NDJSON)")
@@ -121,10 +130,4 @@ async def ingest_batch(request: Request) -> Response:
 @_accepting("/links", _EVENT_BODY, "Link a vehicle to the meter that feeds it")
 async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
-    state = _state(request)
-    max_bytes = state.settings.max_single_event_bytes()
-    media_type(request)
-    with state.in_flight.admit(request, max_bytes):
-        body = await read_body(request, max_bytes)
-        message = link_message(_parse_one(body), body.strip(), state.topics, state.limits)
-        return await _publish(state, [message])
+    return await _one_event(request, link_message)

@@ -39,18 +39,20 @@ Entry: TypeAlias = tuple[T, Record]
 
 def accepted_at(record: Record) -> datetime:
     """When Kafka accepted ``record``: its timestamp (the broker's, on ``LogAppendTime`` topics)."""
-    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    return _from_ms(record.timestamp)
+
+
+def _from_ms(stamp_ms: int) -> datetime:
+    return datetime.fromtimestamp(stamp_ms / 1000, UTC)
 
 
 def _accepted_span(polled: Mapping[TopicPartition, Sequence[Record]]) -> tuple[datetime, datetime]:
+    """The earliest and the latest :func:`accepted_at` of the polled records."""
     stamps = [record.timestamp for records in polled.values() for record in records]
     if not stamps:
         now = datetime.now(UTC)
         return now, now
-    return (
-        datetime.fromtimestamp(min(stamps) / 1000, UTC),
-        datetime.fromtimestamp(max(stamps) / 1000, UTC),
-    )
+    return _from_ms(min(stamps)), _from_ms(max(stamps))
 
 
 def _recorded_at(entry: Entry[Row]) -> datetime:

@@ -163,15 +163,26 @@ async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
         await run_worker(settings, stream, stop)
 
 
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``energy-consumer`` / ``python -m consumers``."""
     parser = argparse.ArgumentParser(prog="python -m consumers", description=__doc__)
     parser.add_argument("command", choices=[*(s.value for s in Stream), "migrate", "maintain"])
     parser.add_argument(
         "--every",
-        type=float,
+        type=_positive_seconds,
+        nargs="?",
+        const=None,  # --every alone: CONSUMER_MAINTENANCE_INTERVAL_S
+        default=argparse.SUPPRESS,  # no --every: maintain runs once
         metavar="SECONDS",
-        help="maintain: run as a service, maintenance now and every SECONDS, with metrics",
+        help="maintain: run as a service, maintenance now and every SECONDS "
+        "(default CONSUMER_MAINTENANCE_INTERVAL_S), with metrics",
     )
     args = parser.parse_args(argv)
     try:
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
         return 0
-    if args.command == "maintain" and args.every is None:
+    if args.command == "maintain" and "every" not in args:
         report = run_maintenance(
             settings.database_url.get_secret_value(), settings.retention_policy()
         )
@@ -213,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     try:
         if args.command == "maintain":
-            _maintenance_service(settings, args.every)
+            _maintenance_service(settings, args.every or settings.maintenance_interval_s)
         else:
             asyncio.run(_main_async(settings, Stream(args.command)))
     finally:

@@ -101,6 +101,23 @@ class ModuleEnv(Database):
         with self.connect() as conn:
             return conn.execute(sql, params).fetchall()
 
+    def admin(self) -> psycopg.Connection[Any]:
+        """An admin connection (autocommit) to this module's database: it sees every session."""
+        return psycopg.connect(with_database(self.services.admin_url, self.name), autocommit=True)
+
+    def backends(
+        self, application: str | None = None, *, waiting_on_lock: bool = False
+    ) -> list[int]:
+        """Pids of this database's sessions (named ``application``; only lock waiters?)."""
+        with self.admin() as admin:
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+                " AND (%s::text IS NULL OR application_name = %s)"
+                " AND (NOT %s OR wait_event_type = 'Lock')",
+                (self.name, application, application, waiting_on_lock),
+            ).fetchall()
+        return [pid for (pid,) in rows]
+
     def consumer_env(self, stream: str, **extra: str) -> dict[str, str]:
         """Environment of a consumer worker bound to this module's topics and database."""
         env = dict(os.environ)

@@ -15,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx2 as httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -27,7 +25,7 @@ from analytics_api.app import create_app
 from analytics_api.readiness import PROBE_APPLICATION
 from analytics_api.settings import AnalyticsSettings
 from deploy.local.prometheus_text import metric_value
-from deploy.local.services import free_port, with_database
+from deploy.local.services import free_port
 from schemas import Stream
 from tests.conftest import API_KEY, ModuleEnv, wait_for, write_batches
 
@@ -66,24 +64,9 @@ def client(env: ModuleEnv) -> Iterator[TestClient]:
         yield api
 
 
-def _admin(env: ModuleEnv) -> psycopg.Connection[Any]:
-    return psycopg.connect(with_database(env.services.admin_url, env.name), autocommit=True)
-
-
-def backends(env: ModuleEnv, application: str, *, waiting_on_lock: bool = False) -> list[int]:
-    """Pids of this module database's backends named ``application`` (only lock waiters?)."""
-    with _admin(env) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s"
-            " AND (NOT %s OR wait_event_type = 'Lock')",
-            (env.name, application, waiting_on_lock),
-        ).fetchall()
-    return [pid for (pid,) in rows]
-
-
 def lock_waiters(env: ModuleEnv) -> int:
     """Analytics query backends waiting on a lock (the held fleet queries)."""
-    return len(backends(env, "energy-analytics", waiting_on_lock=True))
+    return len(env.backends("energy-analytics", waiting_on_lock=True))
 
 
 def refused_so_far(api: TestClient) -> float:
@@ -149,10 +132,10 @@ def test_readiness_reconnects_after_its_connection_is_killed(
     env: ModuleEnv, client: TestClient
 ) -> None:
     assert client.get("/readyz").status_code == 200
-    (probe,) = backends(env, PROBE_APPLICATION)
-    with _admin(env) as admin:
+    (probe,) = env.backends(PROBE_APPLICATION)
+    with env.admin() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (probe,))
-    wait_for(lambda: not backends(env, PROBE_APPLICATION))
+    wait_for(lambda: not env.backends(PROBE_APPLICATION))
     # The dead connection is replaced within the same probe: no spurious 503.
     answer = client.get("/readyz")
     assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": "ok"})

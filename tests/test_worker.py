@@ -240,11 +240,7 @@ def _assigned(
 
 def _blocked_on_lock(env: ModuleEnv) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        rows = env.query(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return bool(rows[0][0] > 0)
+        return bool(env.backends(waiting_on_lock=True))
 
     return check
 

@@ -206,6 +206,8 @@ def test_committed_json_schema_files_are_current() -> None:
         (orjson.dumps(VEHICLE)[:-1] + b', "soc" : 200 }', Stream.VEHICLE, "soc"),
         (b'{"soc":{"a":"b"},' + orjson.dumps(VEHICLE)[1:], Stream.VEHICLE, "soc"),
         (orjson.dumps(VEHICLE)[:-1] + b',"s\\u006fc":10}', Stream.VEHICLE, "soc"),
+        # The field's Python name is another spelling of the same key.
+        (orjson.dumps(METER)[:-1] + b',"meter_id":"M2"}', Stream.METER, "meterId"),
         (
             orjson.dumps({**METER, "meterId": 'M"1'})[:-1] + b',"meterId":"M2"}',
             Stream.METER,

@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 
 from schemas.http import authorization_problem, error_body
 from schemas.http_metrics import MULTIPROC_ENV, RequestMetrics, Service, metrics_response
+from schemas.http_timeouts import TIMEOUTS_ENV, TimedHttpProtocol
 from schemas.settings import ServeSettings
 
 
@@ -198,7 +199,7 @@ def api_app(
     return app
 
 
-def serve(factory: str, settings: ServeSettings) -> None:
+def serve(factory: str, settings: ServeSettings, service: Service) -> None:
     """Run ``factory`` (``module:function``) under uvicorn, as ``settings`` say, until stopped.
 
     With ``workers`` > 1, uvicorn runs that many processes sharing the port.
@@ -208,6 +209,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
     multiprocess mode) and ``/metrics`` adds them up. A directory given by the
     environment is used as it is (whoever provides it empties it before a start).
     A factory or lifespan that fails stops the process (exit 1) before it serves.
+    Connections get the idle, header and body read deadlines of ``settings``
+    (:mod:`schemas.http_timeouts`), counted under ``service``'s metric names.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -219,6 +222,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
         # files left by an earlier run would be added to this run's counts.
         own_dir = tempfile.mkdtemp(prefix="energy-metrics-")
         os.environ[MULTIPROC_ENV] = own_dir
+    # Read by each worker process's connections (workers start afresh).
+    os.environ[TIMEOUTS_ENV] = f"{service},{settings.header_timeout_s},{settings.body_timeout_s}"
     try:
         uvicorn.run(
             factory,
@@ -226,6 +231,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http=TimedHttpProtocol,
+            timeout_keep_alive=settings.idle_timeout_s,
             log_level=settings.log_level.lower(),
             access_log=False,
             proxy_headers=False,

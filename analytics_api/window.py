@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from analytics_api.errors import InvalidQuery
+from schemas.events import ISO_TIME_PATTERN
 
 _AWARE = TypeAdapter(AwareDatetime)
 
-# A date and a time of day (seconds optional) with an offset or Z: pydantic alone
-# would also read "6" or "1764345300" as Unix seconds.
-_ISO_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})"
-)
 #: The times a window may name: whole days either side stay representable.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _parse(name: str, raw: str) -> datetime:
-    if _ISO_TIME.fullmatch(raw) is None:
+    # pydantic alone would also read "6" or "1764345300" as Unix seconds.
+    if ISO_TIME_PATTERN.fullmatch(raw) is None:
         message = "not an ISO 8601 date and time with an offset or Z"
     else:
         try:

@@ -7,6 +7,7 @@ numbers belong and out-of-range values are all rejected.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -14,12 +15,14 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 
@@ -78,10 +81,41 @@ def check_energy(value: float, info: ValidationInfo) -> float:
     return value
 
 
-# strict: in JSON only an ISO 8601 string is a time (lax mode would read a
-# number as Unix seconds); from Python, only a datetime. Events are always
-# validated from their JSON bytes (see schemas.decode).
-_IsoTime = Annotated[AwareDatetime, Field(strict=True)]
+#: A time as text: date, ``T`` (or a space, as RFC 3339 allows), hours and
+#: minutes, optional seconds and fraction, then ``Z`` or an offset.
+ISO_TIME_PATTERN = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})"
+)
+
+
+_NAIVE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?")
+
+
+def iso_time_text(value: object) -> object:
+    """Only a ``datetime`` (from Python) or text that looks like a time (from JSON) is a time.
+
+    pydantic would also read a number, or ``"1764345300"`` and ``"0"``, as Unix seconds.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        if ISO_TIME_PATTERN.fullmatch(value) is not None:
+            return value
+        if _NAIVE_TIME.fullmatch(value) is not None:
+            raise PydanticCustomError("time_without_offset", "has no offset: add Z or +hh:mm")
+        raise PydanticCustomError(
+            "time_text",
+            "must be an ISO 8601 date and time with an offset or Z, e.g. 2026-02-09T10:00:00Z",
+        )
+    raise PydanticCustomError(
+        "time_type", "must be an ISO 8601 string with an offset or Z, not a number or other type"
+    )
+
+
+# Only a string of ISO 8601 text is a time in JSON (checked first: the type
+# alone would read a number, or a numeric string, as Unix seconds); from
+# Python, only a datetime.
+_IsoTime = Annotated[AwareDatetime, BeforeValidator(iso_time_text)]
 
 #: A reading's device time: ISO 8601 with an offset or Z, not too far in the
 #: future, not older than the retention.

@@ -32,7 +32,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 from typing_extensions import TypedDict
 
 from schemas.decode import InvalidEvent, decode_event, json_quotes
@@ -41,6 +48,7 @@ from schemas.events import (
     VehicleReading,
     check_energy,
     check_recent,
+    iso_time_text,
     positive_zero,
 )
 from schemas.limits import ValidationLimits
@@ -65,6 +73,8 @@ class _WireShape:
         #: Wire names of the fields under the energy cap, and under the time window.
         self.energy: list[str] = []
         self.time: list[str] = []
+        #: Wire names of the times whose text :func:`iso_time_text` checks.
+        self.texts: list[str] = []
         self.aliases = {name: info.alias or name for name, info in model.model_fields.items()}
         for name, info in model.model_fields.items():
             key = self.aliases[name]
@@ -76,7 +86,12 @@ class _WireShape:
                     self.time.append(key)
                 elif isinstance(item, AfterValidator) and item.func is positive_zero:
                     pass  # RowDecoder makes -0.0 zero itself, when the text has one
-                elif isinstance(item, AfterValidator):
+                elif isinstance(item, BeforeValidator) and item.func is iso_time_text:
+                    # Natively: a strict time (a JSON string, never a number),
+                    # and RowDecoder looks at the text's date and separator.
+                    kept.append(Field(strict=True))
+                    self.texts.append(key)
+                elif isinstance(item, AfterValidator | BeforeValidator):
                     # A rule this module does not know: never accept without it.
                     raise TypeError(f"{model.__name__}.{name}: unknown validator {item.func}")
                 else:
@@ -130,6 +145,26 @@ class RowDecoder:
         self._strings = shape.strings
         self._fields = len(shape.fields)
         self._quotes = json_quotes(self._fields, len(shape.strings))
+        # Where each time's text starts in compact JSON ("timestamp":"...).
+        self._times = tuple(f'"{key}":"'.encode() for key in shape.texts)
+
+    def _times_look_iso(self, raw: bytes) -> bool:
+        """Whether each time's text is compact JSON starting ``dddd-dd-ddT`` (or ``t``, space).
+
+        The strict native parse has accepted a time; only the date and the
+        separator tell an ISO text from ``"1764345300"`` (Unix seconds) or
+        ``2026-11-29_09:40Z``, which :func:`iso_time_text` refuses. Text laid
+        out otherwise goes to the model.
+        """
+        for prefix in self._times:
+            at = raw.find(prefix)
+            if at < 0:
+                return False
+            at += len(prefix)
+            # A slice is never out of range: a text too short compares unequal.
+            if raw[at + 4 : at + 5] != b"-" or raw[at + 10 : at + 11] not in _SEPARATORS:
+                return False
+        return True
 
     def _quotes_of(self, found: dict[str, Any]) -> int:
         return json_quotes(len(found), len(self._strings.intersection(found)))
@@ -140,8 +175,11 @@ class RowDecoder:
             found = self._validate(raw)
         except ValidationError:
             found = None
-        if found is None or raw.count(b'"') != (
-            self._quotes if len(found) == self._fields else self._quotes_of(found)
+        if (
+            found is None
+            or raw.count(b'"')
+            != (self._quotes if len(found) == self._fields else self._quotes_of(found))
+            or not self._times_look_iso(raw)
         ):
             # The model decides: it raises InvalidEvent with the reason (a key
             # sent twice too), or accepts what the wire shape is stricter about
@@ -159,6 +197,7 @@ class RowDecoder:
 # (the events are flat objects); a string that does (an id "A:-0") only costs
 # the row a second look.
 _NEGATIVE_ZERO = re.compile(rb":\s*-0")
+_SEPARATORS = (b"T", b"t", b" ")
 
 
 __all__ = ["InvalidEvent", "Row", "RowDecoder"]

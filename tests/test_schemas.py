@@ -61,9 +61,9 @@ def test_valid_readings_decode_to_models_in_utc() -> None:
 @pytest.mark.parametrize(
     ("change", "field", "message"),
     [
-        ({"timestamp": "2026-02-09T10:00:00"}, "timestamp", "Input should have timezone info"),
+        ({"timestamp": "2026-02-09T10:00:00"}, "timestamp", "has no offset"),
         ({"timestamp": 1770631200}, "timestamp", "must be an ISO 8601 string"),
-        ({"timestamp": "yesterday"}, "timestamp", "Input should be a valid datetime"),
+        ({"timestamp": "yesterday"}, "timestamp", "must be an ISO 8601 date and time"),
         ({"timestamp": "2026-02-09T10:11:00Z"}, "timestamp", "more than 300 s in the future"),
         (
             {"timestamp": "2025-11-01T10:00:00Z"},
@@ -74,7 +74,9 @@ def test_valid_readings_decode_to_models_in_utc() -> None:
         ({"kwhConsumedAc": 10.5}, "kwhConsumedAc", "plausible energy of one minute"),
         ({"kwhConsumedAc": "1.5"}, "kwhConsumedAc", "valid number"),
         ({"kwhConsumedAc": True}, "kwhConsumedAc", "valid number"),
-        ({"timestamp": "2026-02-09 10:00"}, "timestamp", "Input should have timezone info"),
+        ({"timestamp": "2026-02-09 10:00"}, "timestamp", "has no offset"),
+        ({"timestamp": "1770631200"}, "timestamp", "must be an ISO 8601 date and time"),
+        ({"timestamp": "2026-02-09 10:11:00Z"}, "timestamp", "more than 300 s in the future"),
         ({"voltage": 1000.5}, "voltage", "less than or equal to 1000"),
         ({"voltage": -1}, "voltage", "greater than or equal to 0"),
         ({"meterId": ""}, "meterId", "at least 1 character"),

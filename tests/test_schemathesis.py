@@ -50,7 +50,7 @@ from schemas.events import DeviceId
 from tests.conftest import API_KEY, ModuleEnv, wait_for, write_batches
 
 #: Generated cases per operation (and generation phase); about 1,000 requests per service.
-EXAMPLES = 220
+EXAMPLES = 230
 #: What each service was sent and how many checks failed, printed at the end.
 TOTALS: Counter[str] = Counter()
 FAILURES: Counter[str] = Counter()

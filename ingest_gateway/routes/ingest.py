@@ -80,6 +80,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(
         {
+            408: "The headers or the body did not arrive within the read deadlines "
+            "(GATEWAY_HEADER_TIMEOUT_S, GATEWAY_BODY_TIMEOUT_S); the connection is closed and "
+            "nothing was published.",
             413: "The body is over the size limit, an event is over the event size limit, or a "
             "batch has more events than allowed; nothing was read past the limit.",
             415: "A Content-Type other than JSON (NDJSON too on the batch route), or a charset "

@@ -131,10 +131,10 @@ def renamed(events: Sequence[VehicleMeterLink], prefix: str) -> list[VehicleMete
     ]
 
 
-def stored_links(env: ModuleEnv, prefix: str) -> set[Link]:
-    """The effective links of vehicles named ``prefix...``, without the prefix."""
+def stored_links(env: ModuleEnv, prefix: str, table: str = "vehicle_meter_links") -> set[Link]:
+    """The effective links (or the claims) of vehicles named ``prefix...``, without the prefix."""
     rows = env.query(
-        "SELECT vehicle_id, meter_id, valid_from, valid_to FROM vehicle_meter_links"
+        f"SELECT vehicle_id, meter_id, valid_from, valid_to FROM {table}"  # noqa: S608 -- test constants
         " WHERE starts_with(vehicle_id, %s)",
         (prefix,),
     )
@@ -144,13 +144,7 @@ def stored_links(env: ModuleEnv, prefix: str) -> set[Link]:
 
 def stored_claims(env: ModuleEnv, prefix: str) -> set[Link]:
     """The claims of vehicles named ``prefix...``, without the prefix."""
-    rows = env.query(
-        "SELECT vehicle_id, meter_id, valid_from, valid_to FROM vehicle_meter_link_claims"
-        " WHERE starts_with(vehicle_id, %s)",
-        (prefix,),
-    )
-    n = len(prefix)
-    return {(v[n:], m[n:], start, end) for v, m, start, end in rows}
+    return stored_links(env, prefix, "vehicle_meter_link_claims")
 
 
 def double_claims(env: ModuleEnv) -> list[tuple[Any, ...]]:

@@ -77,8 +77,12 @@ def _state(request: Request) -> AnalyticsState:
     return state
 
 
-def _statuses(claims: list[LinkClaim]) -> list[dict[str, Any]]:
-    return [
+def _answer(key: str, device_id: str, claims: list[LinkClaim]) -> dict[str, Any]:
+    """The body naming the device by ``key``; 404 when it has no claims."""
+    if not claims:
+        device = "vehicle" if key == "vehicleId" else "meter"
+        raise NotFound(f"{device} {device_id!r} has never been linked")
+    links = [
         {
             "vehicleId": c.vehicle_id,
             "meterId": c.meter_id,
@@ -92,6 +96,7 @@ def _statuses(claims: list[LinkClaim]) -> list[dict[str, Any]]:
         }
         for c in claims
     ]
+    return {key: device_id, "links": links}
 
 
 @router.get(
@@ -104,10 +109,7 @@ async def vehicle_links(
     request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
 ) -> dict[str, Any]:
     """The vehicle's link claims with their state. 404 for a vehicle never linked."""
-    claims = await _state(request).reader.vehicle_links(vehicle_id)
-    if not claims:
-        raise NotFound(f"vehicle {vehicle_id!r} has never been linked")
-    return {"vehicleId": vehicle_id, "links": _statuses(claims)}
+    return _answer("vehicleId", vehicle_id, await _state(request).reader.vehicle_links(vehicle_id))
 
 
 @router.get(
@@ -120,7 +122,4 @@ async def meter_links(
     request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]
 ) -> dict[str, Any]:
     """The meter's link claims with their state. 404 for a meter never linked."""
-    claims = await _state(request).reader.meter_links(meter_id)
-    if not claims:
-        raise NotFound(f"meter {meter_id!r} has never been linked")
-    return {"meterId": meter_id, "links": _statuses(claims)}
+    return _answer("meterId", meter_id, await _state(request).reader.meter_links(meter_id))

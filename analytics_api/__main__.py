@@ -12,7 +12,7 @@ from schemas.web import serve
 
 def main() -> int:
     """Run ``ANALYTICS_WORKERS`` processes on ``ANALYTICS_HOST:ANALYTICS_PORT`` until stopped."""
-    serve("analytics_api.app:create_app", AnalyticsSettings())
+    serve("analytics_api.app:create_app", AnalyticsSettings(), "analytics")
     return 0
 
 

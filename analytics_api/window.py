@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
@@ -10,16 +11,36 @@ from analytics_api.errors import InvalidQuery
 
 _AWARE = TypeAdapter(AwareDatetime)
 
+# A date and a time of day (seconds optional) with an offset or Z: pydantic alone
+# would also read "6" or "1764345300" as Unix seconds.
+_ISO_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})"
+)
+#: The times a window may name: whole days either side stay representable.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
 
 def _parse(name: str, raw: str) -> datetime:
-    try:
-        return _AWARE.validate_python(raw).astimezone(UTC)
-    except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"]
-        raise InvalidQuery(
-            f"{name} must be an ISO 8601 time with an offset or Z: {message}",
-            [{"field": name, "message": message}],
-        ) from None
+    if _ISO_TIME.fullmatch(raw) is None:
+        message = "not an ISO 8601 date and time with an offset or Z"
+    else:
+        try:
+            moment = _AWARE.validate_python(raw).astimezone(UTC)
+        except (ValidationError, OverflowError) as exc:
+            message = (
+                exc.errors(include_url=False)[0]["msg"]
+                if isinstance(exc, ValidationError)
+                else "out of range"
+            )
+        else:
+            if EARLIEST <= moment < LATEST:
+                return moment
+            message = f"must lie in the years {EARLIEST.year} to {LATEST.year - 1}"
+    raise InvalidQuery(
+        f"{name} must be an ISO 8601 time with an offset or Z (2026-11-28T15:55:00Z): {message}",
+        [{"field": name, "message": message}],
+    )
 
 
 def resolve_window(

@@ -12,7 +12,7 @@ from schemas.web import serve
 
 def main() -> int:
     """Run ``GATEWAY_WORKERS`` processes on ``GATEWAY_HOST:GATEWAY_PORT`` until stopped."""
-    serve("ingest_gateway.app:create_app", GatewaySettings())
+    serve("ingest_gateway.app:create_app", GatewaySettings(), "gateway")
     return 0
 
 

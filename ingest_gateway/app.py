@@ -18,6 +18,7 @@ from ingest_gateway.publisher import KafkaPublisher
 from ingest_gateway.routes import ingest
 from ingest_gateway.settings import GatewaySettings
 from ingest_gateway.state import GatewayState
+from schemas.contract import openapi_schemas
 from schemas.web import ApiError, Readiness, api_app, error_response
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         on_error=_error,
         # Inside the request metrics: fast-path requests are counted too.
         middleware=middleware,
+        schemas=openapi_schemas(settings.limits(), settings.max_batch_events),
     )
     app.state.gateway = GatewayState(
         settings=settings,

@@ -28,6 +28,7 @@ from schemas import (
     Stream,
     TopicNames,
     ValidationLimits,
+    canonical_json,
     link_from_obj,
     reading_from_obj,
 )
@@ -130,8 +131,8 @@ def batch_messages(events: Events, topics: TopicNames, limits: ValidationLimits)
     """Parse and validate each of ``events`` in turn; all or nothing.
 
     One event is held parsed at a time: memory follows the body's size, not its
-    shape. Each event is published as it was sent (its JSON text, blanks
-    trimmed). Raises :class:`InvalidPayload` naming each event (and NDJSON
+    shape. Each event is published as its canonical JSON
+    (:func:`schemas.canonical_json`). Raises :class:`InvalidPayload` naming each event (and NDJSON
     line) that is not JSON or, when all are, each failing event index and
     field; the scan's errors when an optimistic cut turns out wrong.
     """
@@ -169,7 +170,7 @@ def batch_messages(events: Events, topics: TopicNames, limits: ValidationLimits)
 
 
 def single_reading(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:
-    """Validate one reading sent alone; ``raw`` (its exact body) is published as it was sent.
+    """Validate one reading sent alone (``raw`` is its body); its canonical JSON is published.
 
     Raises :class:`InvalidPayload` naming each failing field (as event index 0).
     """
@@ -184,7 +185,11 @@ def single_reading(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationL
 def reading_message(
     obj: Any, value: bytes, topics: TopicNames, limits: ValidationLimits
 ) -> Message:
-    """The Kafka record of one reading, ``value`` being its JSON text.
+    """The Kafka record of one reading, ``value`` being its JSON text as sent.
+
+    The record holds the event's canonical JSON (:func:`schemas.canonical_json`):
+    every reader of the topic reads the event the gateway validated, whatever
+    blanks, key order or number forms the sender used.
 
     Raises :class:`schemas.InvalidEvent` naming every failing field.
     """
@@ -193,7 +198,7 @@ def reading_message(
     return Message(
         topic=topics.for_stream(stream),
         key=event.device_id.encode(),
-        value=value,
+        value=canonical_json(event),
         stream=stream.value,
     )
 
@@ -207,5 +212,8 @@ def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLim
             f"link failed validation: {exc.reason}", [dict(e) for e in exc.errors]
         ) from None
     return Message(
-        topic=topics.links, key=link.device_id.encode(), value=raw, stream=Stream.LINKS.value
+        topic=topics.links,
+        key=link.device_id.encode(),
+        value=canonical_json(link),
+        stream=Stream.LINKS.value,
     )

@@ -8,20 +8,15 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.events import MeterReading, VehicleMeterLink, VehicleReading
+from schemas.contract import SCHEMA_FILES, file_schema
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
-MODELS: dict[str, type[BaseModel]] = {
-    "meter-reading.v1.schema.json": MeterReading,
-    "vehicle-reading.v1.schema.json": VehicleReading,
-    "vehicle-meter-link.v1.schema.json": VehicleMeterLink,
-}
+MODELS: dict[str, type[BaseModel]] = {name: model for model, name in SCHEMA_FILES.items()}
 
 
 def render(model: type[BaseModel]) -> bytes:
-    """The committed JSON Schema text of ``model`` (by alias, stable key order)."""
-    schema = model.model_json_schema(by_alias=True, mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    """The committed JSON Schema text of ``model`` (:func:`schemas.contract.file_schema`)."""
+    schema = file_schema(model)
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 

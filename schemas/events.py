@@ -36,8 +36,22 @@ DeviceId = Annotated[
     str,
     Field(min_length=1, max_length=MAX_ID_LENGTH, strict=True, pattern=DEVICE_ID_PATTERN),
 ]
+
+
+def positive_zero(value: float) -> float:
+    """``-0.0`` is ``0.0``: one value has one form on the wire and in storage."""
+    return value + 0.0
+
+
 # strict: a JSON string "15.2" or a boolean is not a number here.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+# Each measured value: its range, then -0.0 made 0.0 (last, so the bounds stay
+# native constraints and appear in the JSON Schema).
+_Zeroed = AfterValidator(positive_zero)
+Voltage = Annotated[Number, Field(ge=0, le=1000), _Zeroed]
+StateOfCharge = Annotated[Number, Field(ge=0, le=100), _Zeroed]
+BatteryTemp = Annotated[Number, Field(ge=-40, le=100), _Zeroed]
 
 
 def _limits(info: ValidationInfo) -> ValidationLimits:
@@ -87,7 +101,7 @@ Timestamp = Annotated[_IsoTime, AfterValidator(check_recent)]
 #: may lie in the future (planned links), up to ``max_link_future``.
 LinkTime = Annotated[_IsoTime, AfterValidator(check_link_time)]
 #: Energy of one one-minute interval, kWh.
-Energy = Annotated[Number, Field(ge=0), AfterValidator(check_energy)]
+Energy = Annotated[Number, Field(ge=0), AfterValidator(check_energy), _Zeroed]
 
 
 class _Event(BaseModel):
@@ -105,7 +119,7 @@ class MeterReading(_Event):
 
     meter_id: DeviceId
     kwh_consumed_ac: Energy
-    voltage: Annotated[Number, Field(ge=0, le=1000)]
+    voltage: Voltage
     timestamp: Timestamp
 
     @property
@@ -118,9 +132,9 @@ class VehicleReading(_Event):
     """One minute of a vehicle: DC energy stored, state of charge, battery temperature."""
 
     vehicle_id: DeviceId
-    soc: Annotated[Number, Field(ge=0, le=100)]
+    soc: StateOfCharge
     kwh_delivered_dc: Energy
-    battery_temp: Annotated[Number, Field(ge=-40, le=100)]
+    battery_temp: BatteryTemp
     timestamp: Timestamp
 
     @property

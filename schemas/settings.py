@@ -68,6 +68,13 @@ class ServeSettings(BaseModel):
     #: uvicorn worker processes; ``/metrics`` adds them up (see :func:`schemas.web.serve`).
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
+    #: A connection must begin a request this long after it opened or after
+    #: its last response, else it is closed (:mod:`schemas.http_timeouts`).
+    idle_timeout_s: int = Field(default=5, ge=1, le=3600)
+    #: A request's headers must be complete this long after its first byte (else 408).
+    header_timeout_s: float = Field(default=10, gt=0, le=3600)
+    #: A request's whole body must arrive this long after its headers (else 408).
+    body_timeout_s: float = Field(default=60, gt=0, le=3600)
 
 
 class ApiKeySettings(BaseModel):

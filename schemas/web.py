@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,11 +21,14 @@ from typing import Any, ClassVar
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from schemas.http import authorization_problem, error_body
 from schemas.http_metrics import MULTIPROC_ENV, RequestMetrics, Service, metrics_response
+from schemas.http_timeouts import TIMEOUTS_ENV, TimedHttpProtocol
+from schemas.openapi import RETRY_AFTER, document
 from schemas.settings import ServeSettings
 
 
@@ -106,6 +109,21 @@ async def request_invalid(request: Request, exc: RequestValidationError) -> JSON
     return error_response(InvalidRequest("request is not valid", errors))
 
 
+#: HTTP errors that routing answers by itself (no route, wrong method) and their codes.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """An HTTP error raised by routing (unknown path 404, wrong method 405), in the shared shape.
+
+    Its headers (``Allow`` on a 405) are kept.
+    """
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
 async def require_api_key(request: Request) -> None:
     """The dependency of every ``/v1`` route: ``Authorization: Bearer <key>``, a key of the app.
 
@@ -143,7 +161,34 @@ def health_router(readiness: Readiness) -> APIRouter:
         """Always 200 while the process serves HTTP."""
         return {"status": "ok"}
 
-    @router.get("/readyz", summary=readiness.summary, description=readiness.description)
+    probe_state = {"type": "string", "enum": ["ok", "unreachable"]}
+    readiness_body = {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["ready", "not ready"]},
+            readiness.dependency: probe_state,
+        },
+        "required": ["status", readiness.dependency],
+        "additionalProperties": False,
+    }
+
+    @router.get(
+        "/readyz",
+        summary=readiness.summary,
+        description=readiness.description,
+        response_class=JSONResponse,
+        responses={
+            200: {
+                "description": "Ready.",
+                "content": {"application/json": {"schema": readiness_body}},
+            },
+            503: {
+                "description": f"{readiness.dependency} does not answer.",
+                "headers": RETRY_AFTER,
+                "content": {"application/json": {"schema": readiness_body}},
+            },
+        },
+    )
     async def readyz() -> JSONResponse:
         # OpenAPI shows ``readiness.description``: each API says what it probes.
         if await readiness.probe():
@@ -154,7 +199,12 @@ def health_router(readiness: Readiness) -> APIRouter:
             headers={"Retry-After": str(readiness.retry_after_s)},
         )
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition, summed over every worker process when there are several."""
         return metrics_response()
@@ -173,12 +223,15 @@ def api_app(
     readiness: Readiness,
     on_error: ErrorHandler = api_error,
     middleware: Sequence[Middleware] = (),
+    schemas: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """An API as both services build theirs.
 
     ``routers`` then the health routes (:func:`health_router`); ``api_keys``
     for :func:`require_api_key`; :class:`ApiError` answered by ``on_error``,
-    a malformed parameter by :func:`request_invalid`; requests counted as
+    a malformed parameter by :func:`request_invalid`, an unknown path or
+    method by :func:`http_error`; its OpenAPI document completed by
+    :func:`schemas.openapi.document` with ``schemas``; requests counted as
     ``energy_<service>_requests_total`` (:mod:`schemas.http_metrics`) around
     ``middleware``, whatever answers them.
     """
@@ -187,7 +240,11 @@ def api_app(
         version="1",
         summary=summary,
         lifespan=lifespan,
-        exception_handlers={ApiError: on_error, RequestValidationError: request_invalid},
+        exception_handlers={
+            ApiError: on_error,
+            RequestValidationError: request_invalid,
+            HTTPException: http_error,
+        },
         # Outermost first: the metrics see every request, whichever middleware answers it.
         middleware=[Middleware(RequestMetrics, service=service), *middleware],
     )
@@ -195,10 +252,11 @@ def api_app(
     for router in routers:
         app.include_router(router)
     app.include_router(health_router(readiness))
+    document(app, require_api_key, schemas or {})
     return app
 
 
-def serve(factory: str, settings: ServeSettings) -> None:
+def serve(factory: str, settings: ServeSettings, service: Service) -> None:
     """Run ``factory`` (``module:function``) under uvicorn, as ``settings`` say, until stopped.
 
     With ``workers`` > 1, uvicorn runs that many processes sharing the port.
@@ -208,6 +266,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
     multiprocess mode) and ``/metrics`` adds them up. A directory given by the
     environment is used as it is (whoever provides it empties it before a start).
     A factory or lifespan that fails stops the process (exit 1) before it serves.
+    Connections get the idle, header and body read deadlines of ``settings``
+    (:mod:`schemas.http_timeouts`), counted under ``service``'s metric names.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -219,6 +279,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
         # files left by an earlier run would be added to this run's counts.
         own_dir = tempfile.mkdtemp(prefix="energy-metrics-")
         os.environ[MULTIPROC_ENV] = own_dir
+    # Read by each worker process's connections (workers start afresh).
+    os.environ[TIMEOUTS_ENV] = f"{service},{settings.header_timeout_s},{settings.body_timeout_s}"
     try:
         uvicorn.run(
             factory,
@@ -226,6 +288,8 @@ def serve(factory: str, settings: ServeSettings) -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http=TimedHttpProtocol,
+            timeout_keep_alive=settings.idle_timeout_s,
             log_level=settings.log_level.lower(),
             access_log=False,
             proxy_headers=False,

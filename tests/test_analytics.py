@@ -237,3 +237,29 @@ def test_hourly_series_adds_up_to_the_window(
         )[1]
     )
     assert analytics.get("/v1/analytics/performance/nobody/hourly").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "6",
+        "1764345300",
+        "2026-11-28T15:55:00",
+        "9999-12-31T23:30Z",
+        "0001-01-01T00:00Z",
+        "2026-13-01T00:00:00Z",
+    ],
+)
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/analytics/fleet", "/v1/analytics/performance/V1", "/v1/analytics/performance/V1/hourly"],
+)
+def test_window_times_that_are_not_iso_8601_or_out_of_range_are_422(
+    analytics: TestClient, path: str, value: str
+) -> None:
+    for name in ("from", "to"):
+        response = analytics.get(path, params={name: value})
+        assert response.status_code == 422, (name, value, response.text)
+        body = response.json()
+        assert body["error"] == "validation_failed"
+        assert [e["field"] for e in body["errors"]] == [name]

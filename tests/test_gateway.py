@@ -41,11 +41,15 @@ def vehicle(vehicle_id: str = "GV1", minutes_ago: int = 1, kwh: float = 0.25) ->
     }
 
 
-def test_single_event_is_published_as_sent_keyed_by_device(
+def test_single_event_is_published_as_its_canonical_json_keyed_by_device(
     env: ModuleEnv, gateway: TestClient
 ) -> None:
-    body = b'{"meterId": "GM-single", "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": "%s"}' % (
-        _ts(2).encode()
+    # Blanks, key order and number forms of the sender do not reach the topic;
+    # -0.0 is zero there.
+    stamp = _ts(2).encode()
+    body = (
+        b'{ "timestamp": "%s", "voltage": 23e1,\n "kwhConsumedAc": -0.0, "meterId": "GM-single"}'
+        % stamp
     )
     response = gateway.post(
         "/v1/ingest", content=body, headers={"Content-Type": "application/json"}
@@ -53,8 +57,10 @@ def test_single_event_is_published_as_sent_keyed_by_device(
     assert response.status_code == 202
     assert response.json() == {"accepted": 1, "meter": 1}
     records = read_all(env.services.kafka_bootstrap, env.topics.meter, expected=1)
-    mine = [r for r in records if r.key == b"GM-single"]
-    assert [r.value for r in mine] == [body]
+    mine = [r.value for r in records if r.key == b"GM-single"]
+    assert mine == [
+        b'{"meterId":"GM-single","kwhConsumedAc":0.0,"voltage":230.0,"timestamp":"%s"}' % stamp
+    ]
 
 
 def test_batch_json_array_splits_streams(env: ModuleEnv, gateway: TestClient) -> None:
@@ -63,9 +69,11 @@ def test_batch_json_array_splits_streams(env: ModuleEnv, gateway: TestClient) ->
     assert response.status_code == 202
     assert response.json() == {"accepted": 5, "meter": 3, "vehicle": 2}
     vehicles = read_all(env.services.kafka_bootstrap, env.topics.vehicle, expected=2)
-    mine = [orjson.loads(r.value) for r in vehicles if r.key == b"GV-batch"]
-    assert sorted(mine, key=lambda e: e["timestamp"]) == sorted(
-        events[3:], key=lambda e: e["timestamp"]
+    mine = [r.value for r in vehicles if r.key == b"GV-batch"]
+    # Each published as its canonical JSON: numbers as floats, the model's key order.
+    assert sorted(mine) == sorted(
+        orjson.dumps({**e, "soc": float(e["soc"]), "batteryTemp": float(e["batteryTemp"])})
+        for e in events[3:]
     )
 
 
@@ -212,3 +220,34 @@ def test_kafka_not_acknowledging_in_time_gives_503(env: ModuleEnv) -> None:
     assert response.status_code == 503
     assert "did not acknowledge within 1 s" in response.json()["message"]
     assert response.headers["Retry-After"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "ctype", "field"),
+    [
+        ("/v1/ingest", b'{"soc": 10, "soc": 200}', "application/json", "soc"),
+        ("/v1/ingest/batch", b'[{"soc": 10}, {"soc": 10, "soc": 200}]', "application/json", "soc"),
+        ("/v1/ingest/batch", b'{"soc": 10, "soc": 200}\n', "application/x-ndjson", "soc"),
+        ("/v1/links", b'{"meterId": "M1", "meterId": "M2"}', "application/json", "meterId"),
+    ],
+)
+def test_duplicate_keys_are_422_naming_the_key(
+    env: ModuleEnv, gateway: TestClient, path: str, content: bytes, ctype: str, field: str
+) -> None:
+    # A whole, valid event of the route, one key of it sent twice.
+    if path == "/v1/links":
+        content = (
+            orjson.dumps({"vehicleId": "GV-dup", "validFrom": _ts(5)})[:-1] + b"," + content[1:]
+        )
+    else:
+        whole = orjson.dumps({k: v for k, v in vehicle("GV-dup").items() if k != "soc"})
+        content = content.replace(b'{"soc": 10', whole[:-1] + b', "soc": 10')
+    response = gateway.post(path, content=content, headers={"Content-Type": ctype})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "validation_failed"
+    assert [e["field"] for e in body["errors"]] == [field]
+    assert "more than once" in body["errors"][0]["message"]
+    topics = [env.topics.vehicle, env.topics.links]
+    published = [read_all(env.services.kafka_bootstrap, t, expected=0, timeout_s=1) for t in topics]
+    assert [r for records in published for r in records if r.key == b"GV-dup"] == []

@@ -34,6 +34,7 @@ from deploy.local.prometheus_text import metric_value, scrape
 from deploy.local.services import free_port
 from ingest_gateway.app import create_app
 from ingest_gateway.settings import GatewaySettings
+from schemas.http_timeouts import TimedHttpProtocol
 from tests.conftest import API_KEY, ModuleEnv, wait_for
 
 MB = 1024 * 1024
@@ -209,13 +210,23 @@ def test_problems_listed_are_capped(client: TestClient) -> None:
 
 
 class Server:
-    """The gateway served by uvicorn on a free loopback port, in a thread of this process."""
+    """The gateway served by uvicorn on a free loopback port, in a thread of this process.
 
-    def __init__(self, app: FastAPI) -> None:
+    Its connections are :class:`TimedHttpProtocol`'s, as ``serve`` runs them;
+    ``idle_timeout_s`` is uvicorn's keep-alive timeout.
+    """
+
+    def __init__(self, app: FastAPI, idle_timeout_s: int = 5) -> None:
         self.app = app
         self.port = free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="on",
+            log_level="warning",
+            http=TimedHttpProtocol,
+            timeout_keep_alive=idle_timeout_s,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)

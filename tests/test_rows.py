@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -133,3 +134,26 @@ def test_rows_come_out_in_table_order_with_utc_aware_times() -> None:
     row = fast(orjson.dumps({**VEHICLE, "timestamp": stamp(moment, 2)}))
     assert row == ("V-1", moment, 50.5, 0.375, 31.0)
     assert row[1].utcoffset() == timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("stream", "table", "base"),
+    [(Stream.METER, METER_TABLE, METER), (Stream.VEHICLE, VEHICLE_TABLE, VEHICLE)],
+)
+def test_fast_rows_refuse_duplicate_keys(stream: Stream, table: Any, base: dict[str, Any]) -> None:
+    fast = RowDecoder(stream, table.fields, LIMITS)
+    last = list(base)[-2]
+    raw = orjson.dumps(base)[:-1] + b',"' + last.encode() + b'":' + orjson.dumps(base[last]) + b"}"
+    with pytest.raises(InvalidEvent) as caught:
+        fast(raw)
+    assert [e["field"] for e in caught.value.errors] == [last]
+
+
+def test_fast_rows_store_negative_zero_as_zero() -> None:
+    fast = RowDecoder(Stream.VEHICLE, VEHICLE_TABLE.fields, LIMITS)
+    for raw in (
+        orjson.dumps({**VEHICLE, "soc": -0.0, "kwhDeliveredDc": -0.0, "batteryTemp": -0.0}),
+        orjson.dumps(VEHICLE).replace(b'"soc":50.5', b'"soc" :\t-0e3'),
+    ):
+        row = fast(raw)
+        assert {math.copysign(1, v) for v in row if isinstance(v, float)} == {1.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from schemas import (
     ValidationLimits,
     VehicleMeterLink,
     VehicleReading,
+    canonical_json,
     decode_event,
     link_from_obj,
     reading_from_obj,
@@ -223,3 +225,92 @@ def test_link_times_lie_within_the_retention_and_a_year_ahead() -> None:
 
 def test_committed_json_schema_files_are_current() -> None:
     assert schema_files(["--check"]) == 0
+
+
+# A key sent twice is ambiguous: a last-wins reader and a first-wins reader of
+# the same bytes would store different values. Every path refuses it, naming
+# the key, whatever escapes or whitespace surround it.
+@pytest.mark.parametrize(
+    ("raw", "stream", "field"),
+    [
+        (orjson.dumps(METER)[:-1] + b',"voltage":231}', Stream.METER, "voltage"),
+        (orjson.dumps(VEHICLE)[:-1] + b', "soc" : 200 }', Stream.VEHICLE, "soc"),
+        (b'{"soc":{"a":"b"},' + orjson.dumps(VEHICLE)[1:], Stream.VEHICLE, "soc"),
+        (orjson.dumps(VEHICLE)[:-1] + b',"s\\u006fc":10}', Stream.VEHICLE, "soc"),
+        # The field's Python name is another spelling of the same key.
+        (orjson.dumps(METER)[:-1] + b',"meter_id":"M2"}', Stream.METER, "meterId"),
+        (
+            orjson.dumps({**METER, "meterId": 'M"1'})[:-1] + b',"meterId":"M2"}',
+            Stream.METER,
+            "meterId",
+        ),
+        (
+            b'{"vehicleId":"V1","meterId":"M1","validFrom":"2026-02-09T00:00:00Z","meterId":"M2"}',
+            Stream.LINKS,
+            "meterId",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_naming_the_key(raw: bytes, stream: Stream, field: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(raw, stream, LIMITS)
+    assert [e["field"] for e in caught.value.errors] == [field]
+    assert "more than once" in caught.value.reason
+    # The gateway's path (parsed first, then validated) refuses it too.
+    validate = link_from_obj if stream is Stream.LINKS else reading_from_obj
+    with pytest.raises(InvalidEvent):
+        validate(orjson.loads(raw), LIMITS, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        orjson.dumps({**METER, "meterId": 'M\\"1'}),
+        orjson.dumps({**METER, "meterId": "M\u00e91"}).replace("\u00e9".encode(), b"\\u00e9"),
+        b'{ "meterId" : "M1" ,\n\t"kwhConsumedAc":0.5,"voltage":230,'
+        b'"timestamp":"2026-02-09T10:00:00Z"}',
+    ],
+)
+def test_escapes_and_blanks_alone_are_not_duplicates(raw: bytes) -> None:
+    assert isinstance(decode_event(raw, Stream.METER, LIMITS), MeterReading)
+
+
+def test_negative_zero_is_zero() -> None:
+    raw = orjson.dumps({**VEHICLE, "soc": -0.0, "kwhDeliveredDc": -0.0, "batteryTemp": -0.0})
+    event = decode_event(raw, Stream.VEHICLE, LIMITS)
+    assert isinstance(event, VehicleReading)
+    values = (event.soc, event.kwh_delivered_dc, event.battery_temp)
+    assert [math.copysign(1, v) for v in values] == [1, 1, 1]
+
+
+def test_canonical_json_is_one_text_per_event() -> None:
+    # The same event, sent with other blanks, key order, number forms and offset.
+    sent = [
+        orjson.dumps(METER),
+        b'{"timestamp":"2026-02-09T11:00:00+01:00", "voltage": 230.0,'
+        b' "kwhConsumedAc": 3.8, "meterId": "M1"}',
+        b'{"meterId":"M1","kwhConsumedAc":38e-1,"voltage":2.3e2,"timestamp":"2026-02-09T10:00:00Z"}',
+    ]
+    texts = {canonical_json(decode_event(raw, Stream.METER, LIMITS)) for raw in sent[::2]}
+    assert len(texts) == 1
+    text = texts.pop()
+    assert orjson.loads(text) == {
+        "meterId": "M1",
+        "kwhConsumedAc": 3.8,
+        "voltage": 230.0,
+        "timestamp": "2026-02-09T10:00:00Z",
+    }
+    # A canonical text is its own canonical form, and keeps the device's offset.
+    assert canonical_json(decode_event(text, Stream.METER, LIMITS)) == text
+    offset = canonical_json(decode_event(sent[1], Stream.METER, LIMITS))
+    assert orjson.loads(offset)["timestamp"] == "2026-02-09T11:00:00+01:00"
+    link = decode_event(
+        b'{"meterId":"M1","vehicleId":"V1","validFrom":"2026-02-09T00:00:00Z","validTo":null}',
+        Stream.LINKS,
+        LIMITS,
+    )
+    assert orjson.loads(canonical_json(link)) == {
+        "vehicleId": "V1",
+        "meterId": "M1",
+        "validFrom": "2026-02-09T00:00:00Z",
+    }

@@ -11,13 +11,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from analytics_api.errors import InvalidQuery, NotFound
 from analytics_api.export import csv_response, iso, wants_csv
 from analytics_api.queries import FLEET_ORDER
+from analytics_api.routes.vehicles import (
+    UNAVAILABLE,
+    DeviceIdPath,
+    TimeQuery,
+    device_responses,
+    window_rules,
+)
 from analytics_api.state import AnalyticsState
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_hour_window
+from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1/analytics", dependencies=[Depends(require_api_key)])
@@ -46,6 +56,64 @@ HOURLY_COLUMNS = (
 )
 
 
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class _Energy(_Camel):
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    low_efficiency: bool | None
+    avg_battery_temp: float | None
+    vehicle_readings: int
+    meter_readings: int
+
+
+class FleetItem(_Energy):
+    """One vehicle of the fleet view."""
+
+    vehicle_id: str
+    meter_ids: list[str]
+
+
+class FleetPage(_Camel):
+    """A page of the fleet view over whole hours ``[from, to)``."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    efficiency_threshold: float
+    total: int
+    limit: int
+    offset: int
+    items: list[FleetItem]
+
+
+class HourSummary(_Energy):
+    """One whole UTC hour of a vehicle."""
+
+    hour: datetime
+
+
+class HourlySeries(_Camel):
+    """A vehicle's hours over whole hours ``[from, to)``, empty hours included."""
+
+    vehicle_id: str
+    from_: datetime = Field(alias="from")
+    to: datetime
+    hours: list[HourSummary]
+
+
+def _table(model: type[BaseModel], columns: tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
+    """A 200 of ``model`` as JSON, or as CSV of ``columns`` on ``Accept: text/csv``."""
+    csv_doc = {"type": "string", "description": "CSV with a header row: " + ",".join(columns)}
+    return {200: {"model": model, "content": {"text/csv": {"schema": csv_doc}}}}
+
+
+#: ``from`` / ``to`` of the views over whole hours.
+_HOUR_RULES = window_rules("31 days, widened to whole UTC hours (from down, to up)")
+
+
 def _state(request: Request) -> AnalyticsState:
     state: AnalyticsState = request.app.state.analytics
     return state
@@ -65,17 +133,26 @@ def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[
     "/fleet",
     response_model=None,
     summary="Every vehicle's summary over whole hours, sorted and paginated",
+    description=_HOUR_RULES,
+    responses={
+        **_table(FleetPage, FLEET_COLUMNS),
+        **error_responses(
+            {
+                422: "A parameter is malformed or out of range, or the window breaks its rules.",
+                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
+            }
+        ),
+    },
 )
 async def fleet(
     request: Request,
-    start: Annotated[
-        str | None, Query(alias="from", description="ISO 8601; floored to the hour")
-    ] = None,
-    end: Annotated[
-        str | None, Query(alias="to", description="ISO 8601; ceiled to the hour")
-    ] = None,
+    start: Annotated[TimeQuery, Query(alias="from")] = None,
+    end: Annotated[TimeQuery, Query(alias="to")] = None,
     sort: Annotated[
-        str, Query(description="efficiency, -efficiency, vehicleId, -vehicleId, totalAc, -totalAc")
+        str,
+        Query(
+            description="Sort key; - for descending", json_schema_extra={"enum": list(FLEET_ORDER)}
+        ),
     ] = "efficiency",
     low_efficiency: Annotated[
         bool, Query(alias="lowEfficiency", description="only flagged vehicles")
@@ -111,16 +188,14 @@ async def fleet(
     "/performance/{vehicleId}/hourly",
     response_model=None,
     summary="One vehicle's energy and efficiency hour by hour",
+    description=_HOUR_RULES,
+    responses={**_table(HourlySeries, HOURLY_COLUMNS), **device_responses("vehicle")},
 )
 async def hourly(
     request: Request,
-    vehicle_id: Annotated[str, Path(alias="vehicleId", min_length=1, max_length=64)],
-    start: Annotated[
-        str | None, Query(alias="from", description="ISO 8601; floored to the hour")
-    ] = None,
-    end: Annotated[
-        str | None, Query(alias="to", description="ISO 8601; ceiled to the hour")
-    ] = None,
+    vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")],
+    start: Annotated[TimeQuery, Query(alias="from")] = None,
+    end: Annotated[TimeQuery, Query(alias="to")] = None,
 ) -> Response | dict[str, Any]:
     """A row per hour of the window (default: the last 24 hours), empty hours included."""
     state = _state(request)

@@ -13,11 +13,40 @@ from analytics_api.errors import NotFound
 from analytics_api.state import AnalyticsState
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_window
+from schemas.events import DEVICE_ID_PATTERN, MAX_ID_LENGTH
+from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
-DeviceIdPath = Annotated[str, Path(min_length=1, max_length=64)]
+#: A device id as the events carry it: 1..64 printable characters, no outer spaces.
+DeviceIdPath = Annotated[
+    str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=DEVICE_ID_PATTERN)
+]
+#: ``from`` / ``to``: RFC 3339 times; the window rules are in :func:`window_rules`.
+TimeQuery = Annotated[str | None, Query(json_schema_extra={"format": "date-time"})]
+
+UNAVAILABLE = "PostgreSQL did not answer in time (database_unavailable); retrying is safe."
+
+
+def device_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route reading one device: 404, 422 and 503."""
+    return error_responses(
+        {
+            404: f"The {what} was never seen.",
+            422: "A parameter is malformed or out of range, or the window breaks its rules.",
+            503: UNAVAILABLE,
+        }
+    )
+
+
+def window_rules(maximum: str) -> str:
+    """The description of a route taking a ``[from, to)`` window at most ``maximum`` long."""
+    return (
+        "`from` and `to` are RFC 3339 times with an offset or Z. `to` defaults to now and "
+        "`from` to 24 hours before `to`; `from` must be earlier than `to`, and the window "
+        f"at most {maximum}."
+    )
 
 
 class _Camel(BaseModel):
@@ -72,12 +101,14 @@ def _state(request: Request) -> AnalyticsState:
     response_model=PerformanceSummary,
     response_model_by_alias=True,
     summary="AC drawn, DC stored, efficiency and battery temperature of one vehicle",
+    responses=device_responses("vehicle"),
+    description=window_rules("31 days (ANALYTICS_MAX_WINDOW_DAYS)"),
 )
 async def performance(
     request: Request,
     vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")],
-    start: Annotated[str | None, Query(alias="from", description="ISO 8601 with offset")] = None,
-    end: Annotated[str | None, Query(alias="to", description="ISO 8601 with offset")] = None,
+    start: Annotated[TimeQuery, Query(alias="from")] = None,
+    end: Annotated[TimeQuery, Query(alias="to")] = None,
 ) -> dict[str, Any]:
     """Totals over ``[from, to)`` (default: the last 24 hours). 404 for a vehicle never seen.
 
@@ -113,6 +144,7 @@ async def performance(
     response_model=VehicleLive,
     response_model_by_alias=True,
     summary="Live status of a vehicle",
+    responses=device_responses("vehicle"),
 )
 async def vehicle_live(
     request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
@@ -136,6 +168,7 @@ async def vehicle_live(
     response_model=MeterLive,
     response_model_by_alias=True,
     summary="Live status of a meter",
+    responses=device_responses("meter"),
 )
 async def meter_live(
     request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]

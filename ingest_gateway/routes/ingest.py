@@ -31,20 +31,65 @@ from ingest_gateway.errors import InvalidPayload
 from ingest_gateway.publisher import Message
 from ingest_gateway.state import GatewayState
 from schemas import InvalidEvent, TopicNames, ValidationLimits, parse_json
+from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
-_EVENT_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+
+def _body(name: str) -> dict[str, Any]:
+    """An OpenAPI request body of one JSON event, of component schema ``name``."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"content": {"application/json": {"schema": schema}}, "required": True}
+
+
+#: The format of an NDJSON body's string: one JSON object per line, each of ``x-item-schema``.
+NDJSON_FORMAT = "ndjson"
 _BATCH_BODY = {
     "content": {
-        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
-        "application/x-ndjson": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/ReadingBatch"}},
+        "application/x-ndjson": {
+            "schema": {
+                "type": "string",
+                "format": NDJSON_FORMAT,
+                "contentMediaType": "application/x-ndjson",
+                "description": "One reading per line, each a JSON object of the Reading schema "
+                "(x-item-schema); blank lines are skipped. The same limits as a JSON array.",
+                "x-item-schema": {"$ref": "#/components/schemas/Reading"},
+            }
+        },
     },
     "required": True,
 }
-_ACCEPTED: dict[int | str, dict[str, Any]] = {
-    202: {"description": "Acknowledged by Kafka: durable."}
+_ACCEPTED_BODY = {
+    "type": "object",
+    "description": "How many events were accepted, in all and per stream (meter, vehicle, links).",
+    "properties": {
+        "accepted": {"type": "integer", "minimum": 1},
+        "meter": {"type": "integer", "minimum": 1},
+        "vehicle": {"type": "integer", "minimum": 1},
+        "links": {"type": "integer", "minimum": 1},
+    },
+    "required": ["accepted"],
+    "additionalProperties": False,
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Acknowledged by Kafka: durable.",
+        "content": {"application/json": {"schema": _ACCEPTED_BODY}},
+    },
+    **error_responses(
+        {
+            413: "The body is over the size limit, an event is over the event size limit, or a "
+            "batch has more events than allowed; nothing was read past the limit.",
+            415: "A Content-Type other than JSON (NDJSON too on the batch route), or a charset "
+            "other than UTF-8.",
+            422: "Not JSON, or an event breaks a rule; each failing event index and field is "
+            "named. Nothing was published.",
+            503: "Kafka did not acknowledge in time (kafka_unavailable), or this worker holds "
+            "its bound of requests or bytes in flight (overloaded). Nothing half-happens.",
+        }
+    ),
 }
 
 
@@ -55,7 +100,7 @@ def _accepting(
     return router.post(
         path,
         status_code=202,
-        responses=_ACCEPTED,
+        responses=_RESPONSES,
         openapi_extra={"requestBody": body},
         summary=summary,
     )
@@ -101,7 +146,7 @@ async def _one_event(request: Request, build: _EventBuilder) -> Response:
         return await _publish(state, [message])
 
 
-@_accepting("/ingest", _EVENT_BODY, "Ingest one meter or vehicle reading")
+@_accepting("/ingest", _body("Reading"), "Ingest one meter or vehicle reading")
 async def ingest_one(request: Request) -> Response:
     """One event of either kind; ``meterId`` or ``vehicleId`` decides the stream."""
     return await _one_event(request, single_reading)
@@ -127,7 +172,7 @@ async def ingest_batch(request: Request) -> Response:
         return await _publish(state, messages)
 
 
-@_accepting("/links", _EVENT_BODY, "Link a vehicle to the meter that feeds it")
+@_accepting("/links", _body("VehicleMeterLink"), "Link a vehicle to the meter that feeds it")
 async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     return await _one_event(request, link_message)

@@ -18,11 +18,22 @@ from pydantic.alias_generators import to_camel
 
 from analytics_api.errors import NotFound
 from analytics_api.queries import LinkClaim
-from analytics_api.routes.vehicles import DeviceIdPath
+from analytics_api.routes.vehicles import UNAVAILABLE, DeviceIdPath
 from analytics_api.state import AnalyticsState
+from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+def _responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return error_responses(
+        {
+            404: f"The {what} was never linked.",
+            422: f"The {what} id is malformed.",
+            503: UNAVAILABLE,
+        }
+    )
 
 
 class _Camel(BaseModel):
@@ -104,6 +115,7 @@ def _answer(key: str, device_id: str, claims: list[LinkClaim]) -> dict[str, Any]
     response_model=VehicleLinks,
     response_model_by_alias=True,
     summary="Every link of a vehicle and what became of it",
+    responses=_responses("vehicle"),
 )
 async def vehicle_links(
     request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
@@ -117,6 +129,7 @@ async def vehicle_links(
     response_model=MeterLinks,
     response_model_by_alias=True,
     summary="Every link of a meter and what became of it",
+    responses=_responses("meter"),
 )
 async def meter_links(
     request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]

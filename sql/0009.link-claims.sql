@@ -105,10 +105,14 @@ SELECT vehicle_id, meter_id, valid_from,
 FROM vehicle_meter_links
 WHERE valid_from < '10000-01-01 00:00:00+00';
 
-SELECT energy_apply_link_claims(
-    ARRAY(SELECT DISTINCT vehicle_id FROM vehicle_meter_links),
-    ARRAY(SELECT DISTINCT meter_id FROM vehicle_meter_links)
-);
+DO $backfill$
+BEGIN
+    PERFORM energy_apply_link_claims(
+        ARRAY(SELECT DISTINCT vehicle_id FROM vehicle_meter_links),
+        ARRAY(SELECT DISTINCT meter_id FROM vehicle_meter_links)
+    );
+END
+$backfill$;
 
 ALTER TABLE vehicle_meter_links
     ADD CONSTRAINT vehicle_meter_links_meter_no_overlap

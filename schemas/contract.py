@@ -61,32 +61,31 @@ def _energy(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValu
     }
 
 
-def _recent(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
-    future_s = int(limits.max_future.total_seconds())
+def _window(
+    schema: JsonSchemaValue, limits: ValidationLimits, fmt: str, ahead: str, bound: dict[str, int]
+) -> JsonSchemaValue:
+    """A time inside a window reaching ``ahead`` forward and the retention back."""
     days = limits.retention.days
     return {
         **schema,
-        "format": RECENT_TIME_FORMAT,
+        "format": fmt,
         "description": (
             "RFC 3339 date-time with an offset or Z (no naive times), at most "
-            f"{future_s} s after the receiving service's clock and not older than {days} days."
+            f"{ahead} after the receiving service's clock and not older than {days} days."
         ),
-        "x-time-window": {"maxFutureSeconds": future_s, "retentionDays": days},
+        "x-time-window": {**bound, "retentionDays": days},
     }
+
+
+def _recent(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
+    future_s = int(limits.max_future.total_seconds())
+    bound = {"maxFutureSeconds": future_s}
+    return _window(schema, limits, RECENT_TIME_FORMAT, f"{future_s} s", bound)
 
 
 def _link_time(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
     ahead = limits.max_link_future.days
-    days = limits.retention.days
-    return {
-        **schema,
-        "format": LINK_TIME_FORMAT,
-        "description": (
-            "RFC 3339 date-time with an offset or Z (no naive times), at most "
-            f"{ahead} days after the receiving service's clock and not older than {days} days."
-        ),
-        "x-time-window": {"maxFutureDays": ahead, "retentionDays": days},
-    }
+    return _window(schema, limits, LINK_TIME_FORMAT, f"{ahead} days", {"maxFutureDays": ahead})
 
 
 #: What each validator function of :mod:`schemas.events` adds to its field's schema.

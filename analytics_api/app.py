@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from analytics_api.queries import PLANNER_OPTIONS, Reader
 from analytics_api.readiness import DatabaseProbe
-from analytics_api.routes import fleet, vehicles
+from analytics_api.routes import fleet, links, vehicles
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.slots import QuerySlots
 from analytics_api.state import AnalyticsState
@@ -58,7 +58,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         summary="Per-vehicle energy efficiency and live status of meters and vehicles.",
         lifespan=lifespan,
         api_keys=keys,
-        routers=[vehicles.router, fleet.router],
+        routers=[vehicles.router, fleet.router, links.router],
         readiness=Readiness(
             dependency="database",
             probe=probe,

@@ -190,6 +190,51 @@ CROSS JOIN LATERAL energy_efficiency(t.total_dc, t.total_ac, %(threshold)s) e
 ORDER BY t.hour
 """
 
+# Every claim of one vehicle or one meter (see consumers/links.py for the rule)
+# with its effective link, if any, and why it is shorter or missing: the
+# claims starting where it was cut short, and those contesting its start.
+# Claims are named in JSON with their times in UTC.
+LINK_CLAIMS_SQL = """
+SELECT c.vehicle_id, c.meter_id, c.valid_from, c.valid_to,
+       CASE WHEN l.valid_from IS NULL THEN
+                CASE WHEN r.contested_by IS NULL THEN 'superseded' ELSE 'contested' END
+            WHEN l.valid_to <= now() THEN 'ended'
+            ELSE 'active'
+       END AS state,
+       l.valid_from AS effective_from, l.valid_to AS effective_to,
+       coalesce(r.ended_by, '[]') AS ended_by,
+       coalesce(r.contested_by, '[]') AS contested_by
+FROM vehicle_meter_link_claims c
+LEFT JOIN vehicle_meter_links l
+  ON l.vehicle_id = c.vehicle_id AND l.valid_from = c.valid_from AND l.meter_id = c.meter_id
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(o.ref ORDER BY o.vehicle_id, o.meter_id)
+               FILTER (WHERE o.valid_from = l.valid_to
+                         AND l.valid_to < coalesce(c.valid_to, 'infinity')) AS ended_by,
+           jsonb_agg(o.ref ORDER BY o.vehicle_id, o.meter_id)
+               FILTER (WHERE o.valid_from = c.valid_from
+                         AND (o.vehicle_id = c.vehicle_id) <> (o.meter_id = c.meter_id))
+               AS contested_by
+    FROM (
+        SELECT o.vehicle_id, o.meter_id, o.valid_from,
+               jsonb_build_object(
+                   'vehicleId', o.vehicle_id, 'meterId', o.meter_id,
+                   'validFrom',
+                   to_char(o.valid_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+               ) AS ref
+        FROM vehicle_meter_link_claims o
+        WHERE (o.vehicle_id = c.vehicle_id OR o.meter_id = c.meter_id)
+          AND (o.valid_from = c.valid_from OR o.valid_from = l.valid_to)
+    ) o
+) r ON true
+WHERE {device} = %s
+ORDER BY c.valid_from, c.vehicle_id, c.meter_id
+"""
+
+#: The claims of one vehicle, and of one meter (the column is a constant, never input).
+VEHICLE_LINKS_SQL = LINK_CLAIMS_SQL.replace("{device}", "c.vehicle_id")
+METER_LINKS_SQL = LINK_CLAIMS_SQL.replace("{device}", "c.meter_id")
+
 VEHICLE_LIVE_SQL = """
 SELECT vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp, updated_at
 FROM vehicle_live_status WHERE vehicle_id = %s
@@ -264,6 +309,30 @@ class MeterReading:
     kwh_consumed_ac: float
     voltage: float
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClaim:
+    """One link event as stored (a claim), and what became of it.
+
+    ``state`` is ``active`` or ``ended`` (it has an effective link, which may
+    be shorter than the claim), ``contested`` (another claim starts at the same
+    instant on its vehicle or its meter: neither takes effect) or
+    ``superseded`` (no effective link though nothing contests it; the rule
+    always leaves an uncontested claim at least up to the next start, so no
+    claim is in this state today). ``ended_by`` and ``contested_by`` name the
+    other claims (``{"vehicleId", "meterId", "validFrom"}``).
+    """
+
+    vehicle_id: str
+    meter_id: str
+    valid_from: datetime
+    valid_to: datetime | None
+    state: str
+    effective_from: datetime | None
+    effective_to: datetime | None
+    ended_by: list[dict[str, str]]
+    contested_by: list[dict[str, str]]
 
 
 class Reader:
@@ -357,3 +426,11 @@ class Reader:
     async def meter_live(self, meter_id: str) -> MeterReading | None:
         """The newest reading of a meter, or ``None`` if never seen."""
         return await self._fetchone(METER_LIVE_SQL, (meter_id,), class_row(MeterReading))
+
+    async def vehicle_links(self, vehicle_id: str) -> list[LinkClaim]:
+        """Every link claim of a vehicle, oldest start first (empty if never linked)."""
+        return await self._fetchall(VEHICLE_LINKS_SQL, (vehicle_id,), class_row(LinkClaim))
+
+    async def meter_links(self, meter_id: str) -> list[LinkClaim]:
+        """Every link claim of a meter, oldest start first (empty if never linked)."""
+        return await self._fetchall(METER_LINKS_SQL, (meter_id,), class_row(LinkClaim))

@@ -7,7 +7,8 @@ It never raises: a record that fails is poison, with its reason.
 Time is judged once, at acceptance. A reading's age and future offset are
 measured from its record's Kafka timestamp (``LogAppendTime`` on the data
 topics: when the broker took it), never from the worker's clock, so a
-reading the gateway accepted is stored however late a worker reads it. The
+reading the gateway accepted is stored however late a worker reads it (and
+a link's ``validFrom`` and ``validTo`` likewise, against the link window). The
 window is widened by a tolerance (``CONSUMER_RECORD_TIME_TOLERANCE_S``) for
 the gateway's publish wait and the gateway's and broker's clocks differing.
 """
@@ -94,7 +95,10 @@ class Batch:
         batch = cls(offsets=offsets, records=sum(map(len, polled.values())))
         table = READING_TABLES.get(stream)
         widened = replace(
-            limits, retention=limits.retention + tolerance, max_future=limits.max_future + tolerance
+            limits,
+            retention=limits.retention + tolerance,
+            max_future=limits.max_future + tolerance,
+            max_link_future=limits.max_link_future + tolerance,
         )
         if table is None:
             batch._decode_links(polled, widened)

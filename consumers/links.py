@@ -1,15 +1,50 @@
-"""Vehicle-to-meter links: each link event applied in its own savepoint of one transaction.
+"""Vehicle-to-meter links: every link event is a claim; the effective links are a function of them.
 
-A link says which meter feeds a vehicle from ``validFrom`` (until ``validTo``,
-or open-ended). A new link closes the vehicle's open link that began before
-it, so re-linking a vehicle to another meter is one event, not two. Replays
-change nothing; a link that contradicts a stored one is refused with a reason
-and dead-lettered, while the rest of the batch is applied.
+The rule (the README's "Links" section says it for users, ``sql/0009`` in SQL):
+
+- A claim is (vehicle, meter, ``validFrom``, ``validTo`` or open). A replay of
+  a claim changes nothing. The same claim repeated with another explicit
+  ``validTo`` keeps the earliest end: an end can be brought forward, never
+  pushed back, and an open repeat never reopens it. The earliest of a set is
+  the same whatever order it arrives in.
+- A claim's effective link runs from its ``validFrom`` to the earliest of its
+  ``validTo``, the next later ``validFrom`` among the claims of the same
+  vehicle, and the next later ``validFrom`` among the claims of the same
+  meter: the latest-starting claim wins from its start on, on the vehicle
+  and on the meter side, whichever arrives first.
+- Two claims starting at the same instant on one vehicle with different
+  meters, or on one meter with different vehicles, are *contested*: neither
+  takes effect (both still end earlier claims at that instant). The analytics
+  API's ``GET /v1/links/{vehicleId}`` shows them, and
+  ``energy_consumer_link_claims_contested_total`` counts them.
+
+The effective links (``vehicle_meter_links``, what analytics reads) are thus
+a function of the set of claims, which does not depend on arrival order, so
+neither do they, and no link is refused for contradicting another. Exclusion
+constraints on the vehicle and on the meter side are the safety net: a meter
+serves at most one vehicle at any instant, so its energy is never counted
+twice. Only what the database refuses as invalid is dead-lettered.
+
+One batch, one transaction, in this order::
+
+    lock -> count contested -> add claims -> recompute the effective links of
+    every vehicle and meter the batch touched -> count contested -> commit
+
+Concurrency: links are keyed by vehicle, but one claim's effective end depends
+on the claims of its vehicle AND of its meter, and a meter is shared by
+vehicles on other partitions (other workers): a batch can change the link of
+a vehicle it never mentions (through a shared meter), and that link also
+depends on that vehicle's other meters. Locks per vehicle and meter would
+have to cover that whole chain, taken in a changing order. Instead every link
+transaction takes one transaction-level advisory lock: link transactions run
+one at a time, each sees every claim committed before it, and none can
+deadlock another. Link events are rare (one per re-link), so the wait is
+short; readings never take this lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from psycopg import AsyncConnection
 
@@ -18,26 +53,33 @@ from consumers.connection import WriterConnection, in_transaction
 from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
 from schemas import VehicleMeterLink
 
-_FIND_LINK = (
-    "SELECT meter_id, valid_to FROM vehicle_meter_links WHERE vehicle_id = %s AND valid_from = %s"
-)
-_SET_LINK_END = (
-    "UPDATE vehicle_meter_links SET valid_to = %s WHERE vehicle_id = %s AND valid_from = %s"
-)
-# A new link closes the vehicle's open link that began before it: re-linking a
-# vehicle to another meter is one event, not two.
-_CLOSE_OPEN_LINK = (
-    "UPDATE vehicle_meter_links SET valid_to = %s "
-    "WHERE vehicle_id = %s AND valid_to IS NULL AND valid_from < %s"
-)
-_INSERT_LINK = (
-    "INSERT INTO vehicle_meter_links (vehicle_id, meter_id, valid_from, valid_to) "
-    "VALUES (%s, %s, %s, %s)"
-)
+#: Arbitrary constant naming the advisory lock every link transaction holds
+#: until it ends ("links" in ASCII).
+LINKS_LOCK_KEY = 0x6C696E6B73
+
+_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+
+# One row per claim: repeats within the batch keep their earliest end (min()
+# ignores NULLs), a stored claim's end only moves earlier. RETURNING gives the
+# claims that are new or changed.
+_ADD_CLAIMS = """
+INSERT INTO vehicle_meter_link_claims AS c (vehicle_id, meter_id, valid_from, valid_to)
+SELECT e.vehicle_id, e.meter_id, e.valid_from, min(e.valid_to)
+FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+     AS e(vehicle_id, meter_id, valid_from, valid_to)
+GROUP BY e.vehicle_id, e.meter_id, e.valid_from
+ON CONFLICT (vehicle_id, valid_from, meter_id) DO UPDATE SET valid_to = excluded.valid_to
+WHERE excluded.valid_to < coalesce(c.valid_to, 'infinity')
+RETURNING 1
+"""
+
+_COUNT_CONTESTED = "SELECT count(*) FROM energy_link_claims_of(%s, %s) WHERE contested"
+
+_APPLY = "SELECT energy_apply_link_claims(%s, %s)"
 
 
 class LinkSink:
-    """Applies vehicle-to-meter link events, each in its own savepoint of one transaction."""
+    """Keeps link events as claims and the effective links equal to the rule over them."""
 
     def __init__(self, db: WriterConnection) -> None:
         self._db = db
@@ -49,54 +91,70 @@ class LinkSink:
     async def store(
         self, conn: AsyncConnection, links: Sequence[Entry[VehicleMeterLink]]
     ) -> WriteResult:
-        """Apply ``links`` in order, in one transaction. Idempotent: a replay changes nothing.
+        """Add ``links`` as claims and recompute what they touch, in one transaction.
 
-        A link that conflicts with the stored ones (another meter for the same
-        start, an overlapping interval) is rejected with the database's reason.
-        Raises :class:`SinkUnavailable`.
+        Idempotent: a replay changes nothing. ``inserted`` counts the claims
+        that are new or whose end moved earlier, ``duplicates`` the events that
+        changed nothing, ``contested`` the claims that became contested. A
+        claim the database refuses as invalid is rejected with its reason
+        while the rest is stored. Raises :class:`SinkUnavailable`; safe to retry.
         """
+        if not links:
+            return WriteResult()
 
         async def work() -> WriteResult:
-            result = WriteResult()
-            for link, source in links:
-                try:
-                    async with conn.transaction():
-                        changed = await self._apply(conn, link)
-                except INVALID_ROW_ERRORS as exc:
-                    result.rejected.append(Rejected(source, "database", describe(exc)))
-                    continue
-                except _LinkConflict as exc:
-                    result.rejected.append(Rejected(source, "conflict", str(exc)))
-                    continue
-                if changed:
-                    result.inserted += 1
-                else:
-                    result.duplicates += 1
-            return result
+            await conn.execute(_LOCK, (LINKS_LOCK_KEY,))
+            touched = _ids(link for link, _ in links)
+            before = await _count_contested(conn, touched)
+            changed, rejected = await self._add_claims(conn, links)
+            await conn.execute(_APPLY, touched)
+            after = await _count_contested(conn, touched)
+            duplicates = len(links) - len(rejected) - changed
+            return WriteResult(changed, duplicates, rejected, contested=after - before)
 
         return await in_transaction(conn, work)
 
-    async def _apply(self, conn: AsyncConnection, link: VehicleMeterLink) -> bool:
-        cur = await conn.execute(_FIND_LINK, (link.vehicle_id, link.valid_from))
-        found = await cur.fetchone()
-        if found is not None:
-            meter_id, valid_to = found
-            if meter_id != link.meter_id:
-                raise _LinkConflict(
-                    f"vehicle {link.vehicle_id} is already linked to meter {meter_id} "
-                    f"from {link.valid_from.isoformat()}"
-                )
-            # An open-ended replay never reopens a closed link; an explicit end moves it.
-            if link.valid_to is None or link.valid_to == valid_to:
-                return False
-            await conn.execute(_SET_LINK_END, (link.valid_to, link.vehicle_id, link.valid_from))
-            return True
-        await conn.execute(_CLOSE_OPEN_LINK, (link.valid_from, link.vehicle_id, link.valid_from))
-        await conn.execute(
-            _INSERT_LINK, (link.vehicle_id, link.meter_id, link.valid_from, link.valid_to)
-        )
-        return True
+    async def _add_claims(
+        self, conn: AsyncConnection, links: Sequence[Entry[VehicleMeterLink]]
+    ) -> tuple[int, list[Rejected]]:
+        """Claims new or changed, and the links the database refused (each alone, then)."""
+        try:
+            async with conn.transaction():
+                return await _insert(conn, [link for link, _ in links]), []
+        except INVALID_ROW_ERRORS:
+            pass
+        # Rare: a link the database refuses. One savepoint per link finds it.
+        changed, rejected = 0, []
+        for link, source in links:
+            try:
+                async with conn.transaction():
+                    changed += await _insert(conn, [link])
+            except INVALID_ROW_ERRORS as exc:
+                rejected.append(Rejected(source, "database", describe(exc)))
+        return changed, rejected
 
 
-class _LinkConflict(Exception):
-    """A link that contradicts a stored one; dead-lettered, never retried."""
+async def _insert(conn: AsyncConnection, links: Sequence[VehicleMeterLink]) -> int:
+    columns = (
+        [link.vehicle_id for link in links],
+        [link.meter_id for link in links],
+        [link.valid_from for link in links],
+        [link.valid_to for link in links],
+    )
+    cur = await conn.execute(_ADD_CLAIMS, columns)
+    return len(await cur.fetchall())
+
+
+def _ids(links: Iterable[VehicleMeterLink]) -> tuple[list[str], list[str]]:
+    """The vehicles and the meters of ``links``, each sorted and once."""
+    vehicles, meters = set(), set()
+    for link in links:
+        vehicles.add(link.vehicle_id)
+        meters.add(link.meter_id)
+    return sorted(vehicles), sorted(meters)
+
+
+async def _count_contested(conn: AsyncConnection, touched: tuple[list[str], list[str]]) -> int:
+    cur = await conn.execute(_COUNT_CONTESTED, touched)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -22,6 +22,11 @@ DEAD_LETTERED = Counter(
     "Poison events sent to the dead-letter topic.",
     ["stream", "reason"],
 )
+LINK_CLAIMS_CONTESTED = Counter(
+    "energy_consumer_link_claims_contested_total",
+    "Link claims that became contested: another claim starts at the same instant on the "
+    "same vehicle (another meter) or the same meter (another vehicle); neither takes effect.",
+)
 RETRIES = Counter(
     "energy_consumer_retries_total",
     "Batches retried because PostgreSQL or Kafka was unavailable.",

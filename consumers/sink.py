@@ -39,6 +39,8 @@ class WriteResult:
     inserted: int = 0
     duplicates: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    #: Link claims that became contested (see :mod:`consumers.links`).
+    contested: int = 0
 
 
 class Sink(Protocol):

@@ -217,6 +217,8 @@ class StreamWorker:
             metrics.EVENT_AGE_SECONDS.labels(label).observe(max(age, 0.0))
         metrics.EVENTS_WRITTEN.labels(label).inc(result.inserted)
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
+        if result.contested:
+            metrics.LINK_CLAIMS_CONTESTED.inc(result.contested)
         for p in poison:
             metrics.DEAD_LETTERED.labels(label, p.error_class).inc()
         self._observe_lag(batch.offsets)

@@ -1,12 +1,13 @@
 """The events' JSON Schema, with every rule the validators apply, for files and OpenAPI alike.
 
 pydantic writes a model's fields, ranges, patterns and required keys by itself;
-two rules live in validator functions and depend on the configured limits
-(:class:`schemas.limits.ValidationLimits`): the energy cap of one reading and
-the time window of a reading's ``timestamp``. :class:`ContractJsonSchema`
-writes them too: the cap as ``maximum``, the window, which JSON Schema cannot
-express (it moves with the clock), as the format :data:`RECENT_TIME_FORMAT`
-with its bounds in ``x-time-window`` and in words. The JSON Schema files
+three rules live in validator functions and depend on the configured limits
+(:class:`schemas.limits.ValidationLimits`): the energy cap of one reading, the
+time window of a reading's ``timestamp`` and that of a link's ``validFrom`` and
+``validTo``. :class:`ContractJsonSchema` writes them too: the cap as
+``maximum``, the windows, which JSON Schema cannot express (they move with the
+clock), as the formats :data:`RECENT_TIME_FORMAT` and :data:`LINK_TIME_FORMAT`
+with their bounds in ``x-time-window`` and in words. The JSON Schema files
 (``python -m schemas``) are written with the default limits; each service's
 OpenAPI document with the limits it validates with.
 """
@@ -25,6 +26,7 @@ from schemas.events import (
     VehicleMeterLink,
     VehicleReading,
     check_energy,
+    check_link_time,
     check_recent,
 )
 from schemas.limits import DEFAULT_LIMITS, ValidationLimits
@@ -32,6 +34,10 @@ from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 #: The ``format`` of a reading's time: an RFC 3339 ``date-time`` inside the
 #: window of ``x-time-window`` around the validating service's clock.
 RECENT_TIME_FORMAT = "recent-date-time"
+
+#: The ``format`` of a link's ``validFrom`` and ``validTo``: an RFC 3339
+#: ``date-time`` inside the link window of ``x-time-window``.
+LINK_TIME_FORMAT = "link-date-time"
 
 #: The JSON Schema file of each model, under ``schemas/jsonschema/`` (also its ``$id``).
 SCHEMA_FILES: dict[type[BaseModel], str] = {
@@ -55,24 +61,38 @@ def _energy(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValu
     }
 
 
-def _recent(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
-    future_s = int(limits.max_future.total_seconds())
+def _window(
+    schema: JsonSchemaValue, limits: ValidationLimits, fmt: str, ahead: str, bound: dict[str, int]
+) -> JsonSchemaValue:
+    """A time inside a window reaching ``ahead`` forward and the retention back."""
     days = limits.retention.days
     return {
         **schema,
-        "format": RECENT_TIME_FORMAT,
+        "format": fmt,
         "description": (
             "RFC 3339 date-time with an offset or Z (no naive times), at most "
-            f"{future_s} s after the receiving service's clock and not older than {days} days."
+            f"{ahead} after the receiving service's clock and not older than {days} days."
         ),
-        "x-time-window": {"maxFutureSeconds": future_s, "retentionDays": days},
+        "x-time-window": {**bound, "retentionDays": days},
     }
+
+
+def _recent(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
+    future_s = int(limits.max_future.total_seconds())
+    bound = {"maxFutureSeconds": future_s}
+    return _window(schema, limits, RECENT_TIME_FORMAT, f"{future_s} s", bound)
+
+
+def _link_time(schema: JsonSchemaValue, limits: ValidationLimits) -> JsonSchemaValue:
+    ahead = limits.max_link_future.days
+    return _window(schema, limits, LINK_TIME_FORMAT, f"{ahead} days", {"maxFutureDays": ahead})
 
 
 #: What each validator function of :mod:`schemas.events` adds to its field's schema.
 _RULES: dict[Callable[..., Any], Callable[[JsonSchemaValue, ValidationLimits], JsonSchemaValue]] = {
     check_energy: _energy,
     check_recent: _recent,
+    check_link_time: _link_time,
 }
 
 

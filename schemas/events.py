@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from schemas.limits import DEFAULT_LIMITS, ValidationLimits
+from schemas.limits import DEFAULT_LIMITS, ValidationLimits, Window
 
 MAX_ID_LENGTH = 64
 
@@ -62,15 +62,26 @@ def _limits(info: ValidationInfo) -> ValidationLimits:
     return context if isinstance(context, ValidationLimits) else DEFAULT_LIMITS
 
 
-def check_recent(value: datetime, info: ValidationInfo) -> datetime:
-    """A reading's time lies in the limits' window (see :meth:`ValidationLimits.window`)."""
-    limits = _limits(info)
-    earliest, latest = limits.window()
+def _within(value: datetime, limits: ValidationLimits, window: Window, ahead: str) -> datetime:
+    earliest, latest = window
     if value > latest:
-        raise ValueError(f"is more than {int(limits.max_future.total_seconds())} s in the future")
+        raise ValueError(f"is more than {ahead} in the future")
     if value < earliest:
         raise ValueError(f"is older than the history's retention of {limits.retention.days} days")
     return value
+
+
+def check_recent(value: datetime, info: ValidationInfo) -> datetime:
+    """A reading's time lies in the limits' window (see :meth:`ValidationLimits.window`)."""
+    limits = _limits(info)
+    ahead = f"{int(limits.max_future.total_seconds())} s"
+    return _within(value, limits, limits.window(), ahead)
+
+
+def check_link_time(value: datetime, info: ValidationInfo) -> datetime:
+    """A link boundary lies in the link window (see :meth:`ValidationLimits.link_window`)."""
+    limits = _limits(info)
+    return _within(value, limits, limits.link_window(), f"{limits.max_link_future.days} days")
 
 
 def check_energy(value: float, info: ValidationInfo) -> float:
@@ -120,8 +131,9 @@ _IsoTime = Annotated[AwareDatetime, BeforeValidator(iso_time_text)]
 #: A reading's device time: ISO 8601 with an offset or Z, not too far in the
 #: future, not older than the retention.
 Timestamp = Annotated[_IsoTime, AfterValidator(check_recent)]
-#: A link boundary: ISO 8601 with an offset or Z; may lie in the future (planned links).
-LinkTime = _IsoTime
+#: A link boundary: ISO 8601 with an offset or Z, not older than the retention;
+#: may lie in the future (planned links), up to ``max_link_future``.
+LinkTime = Annotated[_IsoTime, AfterValidator(check_link_time)]
 #: Energy of one one-minute interval, kWh.
 Energy = Annotated[Number, Field(ge=0), AfterValidator(check_energy), _Zeroed]
 
@@ -168,7 +180,9 @@ class VehicleReading(_Event):
 class VehicleMeterLink(_Event):
     """Which meter feeds a vehicle, from ``valid_from`` until ``valid_to`` (open if absent).
 
-    A later link for the same vehicle closes an open one at its ``valid_from``.
+    A later link of the same vehicle or of the same meter ends it at that
+    link's ``valid_from``; two links starting at the same instant on one
+    vehicle or on one meter are contested, and neither takes effect.
     """
 
     vehicle_id: DeviceId

@@ -17,6 +17,12 @@ DEFAULT_MAX_KWH_PER_READING = 10.0
 DEFAULT_MAX_FUTURE = timedelta(minutes=5)
 #: History keeps this much; older readings have no partition to land in.
 DEFAULT_RETENTION = timedelta(days=90)
+#: Links may be planned ahead (a vehicle assigned to a charger from next
+#: month), but not so far that a typo such as year 9999 passes.
+DEFAULT_MAX_LINK_FUTURE = timedelta(days=366)
+
+#: The earliest and the latest acceptable time, both inclusive.
+Window = tuple[datetime, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +37,11 @@ class ValidationLimits:
     max_kwh_per_reading: float = DEFAULT_MAX_KWH_PER_READING
     #: Readings older than this are refused (they are past the history's retention).
     retention: timedelta = DEFAULT_RETENTION
+    #: A link's ``validFrom`` or ``validTo`` further ahead than this is refused.
+    max_link_future: timedelta = DEFAULT_MAX_LINK_FUTURE
     now: datetime | None = None
 
-    def window(self) -> tuple[datetime, datetime]:
+    def window(self) -> Window:
         """The earliest and the latest acceptable reading time, both inclusive.
 
         A reading more than ``max_future`` ahead of ``now`` (or the wall clock)
@@ -41,6 +49,14 @@ class ValidationLimits:
         """
         now = self.now or datetime.now(UTC)
         return now - self.retention, now + self.max_future
+
+    def link_window(self) -> Window:
+        """The earliest and the latest acceptable link time (``validFrom``, ``validTo``).
+
+        As :meth:`window`, but a link may lie up to ``max_link_future`` ahead.
+        """
+        now = self.now or datetime.now(UTC)
+        return now - self.retention, now + self.max_link_future
 
 
 DEFAULT_LIMITS = ValidationLimits()

@@ -40,6 +40,8 @@ class ValidationSettings(BaseModel):
     max_kwh_per_reading: float = Field(default=DEFAULT_LIMITS.max_kwh_per_reading, gt=0)
     #: Days of history kept; older readings are refused.
     retention_days: int = Field(default=DEFAULT_LIMITS.retention.days, ge=1, le=3650)
+    #: Days ahead a link's ``validFrom`` or ``validTo`` may lie.
+    max_link_future_days: int = Field(default=DEFAULT_LIMITS.max_link_future.days, ge=1, le=3650)
 
     def limits(self) -> ValidationLimits:
         """The bounds as :func:`schemas.decode_event` takes them."""
@@ -47,6 +49,7 @@ class ValidationSettings(BaseModel):
             max_future=timedelta(seconds=self.max_future_s),
             max_kwh_per_reading=self.max_kwh_per_reading,
             retention=timedelta(days=self.retention_days),
+            max_link_future=timedelta(days=self.max_link_future_days),
         )
 
 

@@ -5,6 +5,7 @@ No services: records are built as aiokafka hands them to the worker.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,8 +98,12 @@ def test_decode_keeps_each_valid_event_with_its_record_and_each_poison_with_why(
     assert batch.links == []
 
 
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def test_links_decode_to_links() -> None:
-    value = orjson.dumps({"vehicleId": "V", "meterId": "M", "validFrom": "2026-01-01T00:00:00Z"})
+    value = orjson.dumps({"vehicleId": "V", "meterId": "M", "validFrom": iso(NOW)})
     source = record(1, 7, value, topic="fleet.links.v1")
     batch = Batch.decode(
         {TopicPartition("fleet.links.v1", 1): [source]}, Stream.LINKS, DEFAULT_LIMITS
@@ -107,6 +112,29 @@ def test_links_decode_to_links() -> None:
     assert batch.poison == []
     assert [(type(link), record) for link, record in batch.links] == [(VehicleMeterLink, source)]
     assert batch.newest is None
+
+
+def test_a_link_is_judged_at_its_records_time_so_a_replay_is_never_refused_later() -> None:
+    accepted = NOW - timedelta(days=80)
+    value = orjson.dumps(
+        {
+            "vehicleId": "V",
+            "meterId": "M",
+            "validFrom": iso(accepted - timedelta(days=20)),  # 100 days before now
+            "validTo": iso(accepted + timedelta(days=366)),
+        }
+    )
+    early = replace(
+        record(1, 7, value, topic="fleet.links.v1"), timestamp=int(accepted.timestamp() * 1000)
+    )
+    late = record(1, 8, value, topic="fleet.links.v1")  # the same event, accepted now
+    batch = Batch.decode(
+        {TopicPartition("fleet.links.v1", 1): [early, late]}, Stream.LINKS, DEFAULT_LIMITS
+    )
+    assert [source for _, source in batch.links] == [early]
+    assert [(p.offset, p.error_class) for p in batch.poison] == [(8, "validation")]
+    assert batch.poison[0].reason.startswith("validFrom:")
+    assert "older than the history's retention of 90 days" in batch.poison[0].reason
 
 
 def test_only_drops_the_records_of_revoked_partitions_without_decoding_again() -> None:

@@ -180,18 +180,49 @@ def test_future_skew_and_energy_cap_are_configurable() -> None:
 
 def test_link_interval_must_be_forward() -> None:
     link = decode_event(
-        b'{"vehicleId": "V1", "meterId": "M1", "validFrom": "2026-02-09T00:00:00Z"}', Stream.LINKS
+        b'{"vehicleId": "V1", "meterId": "M1", "validFrom": "2026-02-09T00:00:00Z"}',
+        Stream.LINKS,
+        LIMITS,
     )
-    assert link == VehicleMeterLink(
-        vehicle_id="V1", meter_id="M1", valid_from=datetime(2026, 2, 9, tzinfo=UTC)
+    assert isinstance(link, VehicleMeterLink)
+    assert (link.vehicle_id, link.meter_id, link.valid_from, link.valid_to) == (
+        "V1",
+        "M1",
+        datetime(2026, 2, 9, tzinfo=UTC),
+        None,
     )
     with pytest.raises(InvalidEvent) as caught:
         decode_event(
             b'{"vehicleId": "V1", "meterId": "M1", "validFrom": "2026-02-09T00:00:00Z",'
             b' "validTo": "2026-02-09T00:00:00Z"}',
             Stream.LINKS,
+            LIMITS,
         )
     assert "validTo must be later than validFrom" in caught.value.reason
+
+
+def test_link_times_lie_within_the_retention_and_a_year_ahead() -> None:
+    def link_errors(limits: ValidationLimits = LIMITS, **times: datetime) -> list[tuple[str, str]]:
+        body = {"validFrom": NOW - timedelta(days=1), **times}
+        obj = {"vehicleId": "V1", "meterId": "M1", **{k: t.isoformat() for k, t in body.items()}}
+        try:
+            link_from_obj(obj, limits)
+        except InvalidEvent as exc:
+            return [(e["field"], e["message"]) for e in exc.errors]
+        return []
+
+    assert link_errors(validTo=NOW + timedelta(days=366)) == []
+    assert link_errors(validFrom=NOW - timedelta(days=90)) == []
+    assert link_errors(validTo=NOW + timedelta(days=366, seconds=1)) == [
+        ("validTo", "Value error, is more than 366 days in the future")
+    ]
+    assert link_errors(validFrom=NOW - timedelta(days=90, seconds=1)) == [
+        ("validFrom", "Value error, is older than the history's retention of 90 days")
+    ]
+    planned = ValidationLimits(now=NOW, max_link_future=timedelta(days=30))
+    assert link_errors(planned, validFrom=NOW + timedelta(days=31)) == [
+        ("validFrom", "Value error, is more than 30 days in the future")
+    ]
 
 
 def test_committed_json_schema_files_are_current() -> None:

@@ -10,6 +10,8 @@ Schemathesis is taught what JSON Schema cannot say:
 
 - ``recent-date-time``, the format of a reading's time, is a window around
   the receiving service's clock: its strategy draws times inside it.
+- ``link-date-time``, the format of a link's ``validFrom`` and ``validTo``, is
+  the wider window of links (up to a year ahead): its strategy draws inside it.
 - ``ndjson``, the format of an NDJSON batch, is lines of readings: its
   strategy draws such lines, and the ``application/x-ndjson`` serializer sends
   the text as it is (any other value as its JSON text, as a client would).
@@ -56,11 +58,14 @@ TOTALS: Counter[str] = Counter()
 FAILURES: Counter[str] = Counter()
 
 RECENT_FORMAT = "recent-date-time"
+LINK_FORMAT = "link-date-time"
 NDJSON_FORMAT = "ndjson"
 #: Inside the gateway's window (5 minutes ahead, 90 days back) with a margin for the
 #: time between drawing a case and the gateway validating it.
 EARLIEST = timedelta(days=89)
 LATEST = timedelta(minutes=4)
+#: Inside the links' window (366 days ahead), with the same margin.
+LINK_LATEST = timedelta(days=365)
 
 
 def _render(delta_s: int, micro: int, offset_min: int | None) -> str:
@@ -71,11 +76,11 @@ def _render(delta_s: int, micro: int, offset_min: int | None) -> str:
     return moment.astimezone(timezone(timedelta(minutes=offset_min))).isoformat()
 
 
-def recent_times() -> st.SearchStrategy[str]:
-    """RFC 3339 times inside the readings' window, measured when the value is drawn."""
+def recent_times(latest: timedelta = LATEST) -> st.SearchStrategy[str]:
+    """RFC 3339 times from ``EARLIEST`` ago to ``latest`` ahead, measured when drawn."""
     return st.builds(
         _render,
-        st.integers(-int(EARLIEST.total_seconds()), int(LATEST.total_seconds())),
+        st.integers(-int(EARLIEST.total_seconds()), int(latest.total_seconds())),
         st.integers(0, 999_999),
         st.none() | st.integers(-14 * 60, 14 * 60),
     )
@@ -110,6 +115,7 @@ def ndjson_batches() -> st.SearchStrategy[str]:
 
 
 schemathesis.openapi.format(RECENT_FORMAT, recent_times())
+schemathesis.openapi.format(LINK_FORMAT, recent_times(LINK_LATEST))
 schemathesis.openapi.format(NDJSON_FORMAT, ndjson_batches())
 
 
@@ -151,9 +157,10 @@ def _link_order(body: dict[str, Any]) -> None:
     if not (isinstance(start, str) and isinstance(end, str)):
         return
     try:
-        if datetime.fromisoformat(end) <= datetime.fromisoformat(start):
+        start_at, end_at = datetime.fromisoformat(start), datetime.fromisoformat(end)
+        if end_at <= start_at:
             body["validFrom"], body["validTo"] = end, start
-            if end == start:
+            if end_at == start_at:  # one instant, perhaps spelled two ways ("Z", "+00:00")
                 del body["validTo"]
     except ValueError:
         return

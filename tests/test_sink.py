@@ -72,7 +72,9 @@ def test_a_row_the_database_refuses_is_isolated_and_the_rest_written(env: Module
     ) == [(8, 4.0)]
 
 
-def test_links_replay_close_and_conflict(env: ModuleEnv) -> None:
+def test_links_replay_close_contest_and_overlap_are_resolved_never_refused(
+    env: ModuleEnv,
+) -> None:
     a = VehicleMeterLink(vehicle_id="lv", meter_id="m-a", valid_from=_minute(0))
     b = VehicleMeterLink(vehicle_id="lv", meter_id="m-b", valid_from=_minute(60))
     clash = VehicleMeterLink(vehicle_id="lv", meter_id="m-c", valid_from=_minute(60))
@@ -80,16 +82,16 @@ def test_links_replay_close_and_conflict(env: ModuleEnv) -> None:
         vehicle_id="lv", meter_id="m-d", valid_from=_minute(30), valid_to=_minute(90)
     )
     result = _write(env, Stream.LINKS, [a, b, a, b, clash, overlap])
-    assert (result.inserted, result.duplicates) == (2, 2)
-    assert [(r.source, r.error_class) for r in result.rejected] == [
-        ("0:4", "conflict"),
-        ("0:5", "database"),
-    ]
-    assert "vehicle_meter_links_no_overlap" in result.rejected[1].reason
+    # b and clash start at the same instant on one vehicle: both are contested
+    # (neither takes effect), and both still end what began before them.
+    assert result == WriteResult(inserted=4, duplicates=2, contested=2)
     assert env.query(
         "SELECT meter_id, valid_from, valid_to FROM vehicle_meter_links"
         " WHERE vehicle_id = 'lv' ORDER BY valid_from"
-    ) == [("m-a", _minute(0), _minute(60)), ("m-b", _minute(60), None)]
+    ) == [("m-a", _minute(0), _minute(30)), ("m-d", _minute(30), _minute(60))]
+    assert env.query("SELECT count(*) FROM vehicle_meter_link_claims WHERE vehicle_id = 'lv'") == [
+        (4,)
+    ]
 
 
 def test_a_repeat_within_one_new_batch_is_stored_once_first_write_wins(env: ModuleEnv) -> None:

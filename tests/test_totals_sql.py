@@ -30,10 +30,12 @@ BEFORE = "0006"
 HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 
 CURRENT_FUNCTIONS = [
+    "energy_apply_link_claims(text[],text[])",
     "energy_efficiency(double precision,double precision,double precision)",
     "energy_ensure_partition(text,date)",
     "energy_grant_reader(name)",
     "energy_hour_split(timestamp with time zone,timestamp with time zone)",
+    "energy_link_claims_of(text[],text[])",
     "energy_meter_totals(text,timestamp with time zone,timestamp with time zone,"
     "timestamp with time zone,timestamp with time zone)",
     "energy_vehicle_totals(text,timestamp with time zone,timestamp with time zone)",
@@ -136,7 +138,11 @@ def test_upgrade_reaches_the_fresh_end_state_with_the_same_totals(
     env: ModuleEnv, older_database: str
 ) -> None:
     before = _totals(older_database)
-    assert apply_migrations(older_database) == ["0007.current-totals", "0008.reader-role"]
+    assert apply_migrations(older_database) == [
+        "0007.current-totals",
+        "0008.reader-role",
+        "0009.link-claims",
+    ]
     assert _totals(older_database) == before
     # The same totals as a plain SUM over history (dyadic values: exact).
     with psycopg.connect(older_database) as conn:

@@ -9,7 +9,7 @@ UV         := $(UV_VENV)/bin/uv
 UV_VERSION := 0.13.9
 STACK      := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-gateway-memory bench-analytics bench-freshness bench-recovery demo schemas clean
+.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery demo schemas clean
 
 help:
 	@echo "make up        start Kafka, PostgreSQL, migrations, gateway, consumers, analytics"
@@ -58,7 +58,7 @@ format: venv
 schemas: venv
 	$(PY) -m schemas
 
-bench: bench-consumer bench-gateway bench-gateway-memory bench-analytics bench-freshness bench-recovery
+bench: bench-consumer bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery
 
 # Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
 # DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
@@ -87,6 +87,13 @@ bench-gateway: venv
 # the batch scan's cost against parsing; BENCH_GATEWAY_MEMORY_ARGS e.g. "--rounds 5".
 bench-gateway-memory: venv
 	@$(PY) -m bench.gateway_memory $(BENCH_GATEWAY_MEMORY_ARGS)
+
+# Normal ingest into one gateway worker, alone and then while 600 idle connections, half-sent
+# heads, dribbled bodies and 8 hostile bodies at once attack it; then the same attack without
+# read deadlines. Fails on a normal request not 202, RSS over 200 MB, a large error body or a
+# held connection left open past its deadline; BENCH_BROKEN_CLIENTS_ARGS e.g. "--duration 30".
+bench-broken-clients: venv
+	@$(PY) -m bench.broken_clients $(BENCH_BROKEN_CLIENTS_ARGS)
 
 # 202 -> visible in live status at 333 and 10,000 events/s, through the running stack (make up).
 bench-freshness: venv

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -52,11 +52,17 @@ class GatewayProcess:
     """``python -m ingest_gateway`` with ``workers`` processes; stopped on leaving the block.
 
     With ``profile``, runs under ``cProfile`` (one worker: uvicorn then serves
-    in the main process) and writes the profile there on exit.
+    in the main process) and writes the profile there on exit. ``extra_env``
+    adds or overrides variables (e.g. ``GATEWAY_IDLE_TIMEOUT_S``).
     """
 
     def __init__(
-        self, bootstrap: str, topics: TopicNames, workers: int, profile: Path | None = None
+        self,
+        bootstrap: str,
+        topics: TopicNames,
+        workers: int,
+        profile: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.api_key = secrets.token_urlsafe(24)
@@ -77,6 +83,7 @@ class GatewayProcess:
             GATEWAY_LINKS_TOPIC=topics.links,
             GATEWAY_LOG_LEVEL="WARNING",
         )
+        self.env.update(extra_env or {})
         self.log = Path(tempfile.mkstemp(prefix="bench-gateway-", suffix=".log")[1])
         self._proc: subprocess.Popen[bytes] | None = None
 

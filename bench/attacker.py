@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
-from types import TracebackType
 from typing import Any
 
 from bench.gateway_memory import BODY_BYTES, MAX_EVENT_BYTES, empty_objects
@@ -50,7 +49,8 @@ class Plan:
     #: Hostile bodies in flight at once.
     hostile: int
     deadlines_s: dict[str, float]
-    #: A held connection open longer than its deadline and this is late.
+    #: A held connection open longer than its deadline and this is late (the server's
+    #: timers fire late by as long as its event loop is held).
     grace_s: float
     #: The attacker stops on its own this long after it started.
     lifetime_s: float
@@ -70,12 +70,12 @@ def hostile_bodies() -> list[Hostile]:
     """The hostile bodies, each within the gateway's 5 MB body limit.
 
     - ``unknown-keys-batch``: a batch of events each just under the 64 KB
-      event limit, so each is parsed and validated, each with ~5,400 unknown
-      keys (~85 events): the costliest valid-looking input; 422;
+      event limit, so each is parsed and validated, each with 5,771 unknown
+      keys (82 events): the costliest valid-looking input; 422;
     - ``unknown-keys-single``: one event of 380,000 unknown keys (4.2 MB) to
       ``/v1/ingest``; 413 (over the event limit);
     - ``empty-objects``: ``[{},{},...]``; 413 (over 10,000 events);
-    - ``deep-nesting``: a batch of ~85 arrays nested 31,000 deep; 422.
+    - ``deep-nesting``: a batch of 82 arrays nested 31,744 deep; 422.
     """
     now = datetime.now(UTC).isoformat(timespec="seconds").encode()
 
@@ -152,7 +152,8 @@ class HeldTally:
     def summary(self, phase_started: float) -> dict[str, Any]:
         """Figures at the end of the phase that began at ``phase_started`` (monotonic).
 
-        ``closed_late`` and ``open_past_deadline``: connections the server
+        ``most_late_s``: the longest the server took past its deadline to close
+        one; ``closed_late`` and ``open_past_deadline``: connections the server
         closed, or left open, past its deadline and the grace; ``open_whole_phase``:
         those open since before the phase began.
         """
@@ -166,6 +167,9 @@ class HeldTally:
                 "min": round(min(self.close_ages, default=0.0), 2),
                 "max": round(max(self.close_ages, default=0.0), 2),
             },
+            "most_late_s": round(
+                max(self.close_ages, default=self.deadline_s) - self.deadline_s, 2
+            ),
             "closed_late": sum(age > late for age in self.close_ages),
             "open_at_end": len(self.open_since),
             "open_whole_phase": sum(t <= phase_started for t in self.open_since.values()),
@@ -365,10 +369,5 @@ class AttackerProcess:
             self._process.join()
         self._pipe.close()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._end()

@@ -162,7 +162,7 @@ def _exact_array(body: bytes, max_events: int, max_event_bytes: int) -> Events:
             pos = flat.end()
         else:
             start = _skip_space(body, pos)
-            end = _element_end(body, start, start + max_event_bytes + 1)
+            end = _element_end(body, start, start + max_event_bytes + 1, len(items))
             pos = _skip_space(body, end)
         if end - start > max_event_bytes:
             index = len(items)
@@ -193,12 +193,19 @@ def _broken(body: bytes, pos: int, expected: str) -> InvalidPayload:
     return InvalidPayload(f"body is not valid JSON: expected {expected} at byte {pos}, not {found}")
 
 
-def _element_end(body: bytes, start: int, give_up: int) -> int:
-    """Where the element starting at ``start`` ends (one past it), or ``give_up`` if later.
+#: How deep an element may nest and still be judged as an event (an event is a
+#: flat object: a nested value is refused by validation, naming its field).
+#: Deeper is refused here, at once, rather than followed bracket by bracket
+#: (5 MB of ``[[[[...`` is millions of them).
+MAX_ELEMENT_DEPTH = 8
+
+
+def _element_end(body: bytes, start: int, give_up: int, index: int) -> int:
+    """Where element ``index``, starting at ``start``, ends (one past it), or ``give_up`` if later.
 
     Nested objects and arrays are followed by depth (brackets are matched by
     the parser later, not here). Raises :class:`InvalidPayload` for a missing
-    element or an unclosed one.
+    element, an unclosed one, or one nested deeper than :data:`MAX_ELEMENT_DEPTH`.
     """
     first = body[start : start + 1]
     if first not in (b"{", b"["):
@@ -219,6 +226,12 @@ def _element_end(body: bytes, start: int, give_up: int) -> int:
         pos = token.end()
         if token.group() in (b"{", b"["):
             depth += 1
+            if depth > MAX_ELEMENT_DEPTH:
+                message = (
+                    f"event {index} nests objects or arrays more than {MAX_ELEMENT_DEPTH} deep "
+                    f"(at byte {token.start()}): an event is a flat JSON object"
+                )
+                raise InvalidPayload(message, [{"index": index, "field": "", "message": message}])
         elif token.group() in (b"}", b"]"):
             depth -= 1
             if depth == 0:

@@ -30,17 +30,26 @@ class InvalidEvent(ValueError):
     """An event that can never be accepted, however often it is retried.
 
     ``error_class`` is a short stable word for metrics and DLQ headers
-    (``json``, ``shape``, ``validation``); ``errors`` lists each broken rule.
+    (``json``, ``shape``, ``validation``); ``errors`` lists each broken rule
+    (at most :data:`MAX_EVENT_PROBLEMS` of them; ``problems`` counts them all).
     Not retriable.
     """
 
     retriable: ClassVar[bool] = False
 
-    def __init__(self, error_class: str, reason: str, errors: list[FieldError] | None = None):
+    def __init__(
+        self,
+        error_class: str,
+        reason: str,
+        errors: list[FieldError] | None = None,
+        problems: int | None = None,
+    ):
         super().__init__(reason)
         self.error_class = error_class
         self.reason = reason
         self.errors: list[FieldError] = errors or [{"field": "", "message": reason}]
+        #: How many rules are broken: more than ``errors`` lists when it was capped.
+        self.problems = problems if problems is not None else len(self.errors)
 
 
 def parse_json(raw: bytes | bytearray | memoryview | str) -> Any:
@@ -135,16 +144,65 @@ _ALIASES: dict[type[BaseModel], dict[str, str]] = {
 }
 
 
-def _validated(
-    model: type[Reading] | type[VehicleMeterLink], text: bytes, limits: ValidationLimits
-) -> Any:
-    """``text`` validated as ``model``; raises :class:`InvalidEvent` naming every failing field,
-    or each key sent twice (those alone: which of its values was meant is unknown).
+#: The most problems one event's refusal lists; :attr:`InvalidEvent.problems` counts them all.
+MAX_EVENT_PROBLEMS = 100
+
+
+def _too_many_fields(model: type[BaseModel], obj: dict[str, Any]) -> InvalidEvent | None:
+    """The refusal of ``obj`` for its unknown fields, when it holds more keys than any
+    refusal lists (:data:`MAX_EVENT_PROBLEMS`); else ``None``, and validation names them.
+
+    They are named here without building one validation error per key: an event
+    of thousands of unknown keys would cost milliseconds of the worker's only
+    thread, and a batch of them seconds.
     """
+    if len(obj) <= MAX_EVENT_PROBLEMS:
+        return None
+    names = _ALIASES[model]
+    known = {*names, *names.values()}
+    unknown = [key for key in obj if key not in known]
+    errors: list[FieldError] = [
+        {"field": key, "message": "Extra inputs are not permitted"}
+        for key in unknown[:MAX_EVENT_PROBLEMS]
+    ]
+    shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    return InvalidEvent(
+        "validation", f"{len(unknown)} unknown field(s): {shown}", errors, len(unknown)
+    )
+
+
+def _may_repeat_keys(text: bytes, obj: dict[str, Any], names: Mapping[str, str]) -> bool:
+    """Whether ``text``, parsed as ``obj``, may hold a key twice (see :func:`json_quotes`),
+    ``names`` (field name to wire name) spelling one key two ways."""
+    if any(name in obj and alias in obj for name, alias in names.items() if name != alias):
+        return True
+    strings = 0
+    for value in obj.values():
+        if isinstance(value, str):
+            strings += 1
+        elif isinstance(value, dict | list):
+            return True  # nested quotes: only a parse tells
+    return text.count(b'"') != json_quotes(len(obj), strings)
+
+
+def _validated(
+    model: type[Reading] | type[VehicleMeterLink],
+    text: bytes,
+    limits: ValidationLimits,
+    obj: dict[str, Any],
+) -> Any:
+    """``text`` (parsed: ``obj``) validated as ``model``; raises :class:`InvalidEvent` naming
+    every failing field, or each key sent twice (those alone: which of its values was
+    meant is unknown).
+    """
+    crowded = _too_many_fields(model, obj)
+    if crowded is not None:
+        raise crowded
     try:
         event = model.model_validate_json(text, context=limits)
     except ValidationError as exc:
-        keys = duplicate_keys(text, _ALIASES[model])
+        names = _ALIASES[model]
+        keys = duplicate_keys(text, names) if _may_repeat_keys(text, obj, names) else []
         raise (duplicate_keys_error(keys) if keys else _invalid(exc)) from None
     if text.count(b'"') != _quotes_of(event):
         keys = duplicate_keys(text, _ALIASES[model])
@@ -164,7 +222,7 @@ def reading_from_obj(
     ``raw`` holds twice.
     """
     model = MeterReading if stream_of(obj) is Stream.METER else VehicleReading
-    event: Reading = _validated(model, raw or orjson.dumps(obj), limits)
+    event: Reading = _validated(model, raw or orjson.dumps(obj), limits, obj)
     return event
 
 
@@ -177,7 +235,7 @@ def link_from_obj(
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("shape", f"link must be a JSON object, got {_json_type(obj)}")
-    link: VehicleMeterLink = _validated(VehicleMeterLink, raw or orjson.dumps(obj), limits)
+    link: VehicleMeterLink = _validated(VehicleMeterLink, raw or orjson.dumps(obj), limits, obj)
     return link
 
 

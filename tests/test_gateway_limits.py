@@ -13,11 +13,13 @@ past the bound is answered 503 with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import logging
 import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,7 +35,10 @@ from prometheus_client import REGISTRY
 from deploy.local.prometheus_text import metric_value, scrape
 from deploy.local.services import free_port
 from ingest_gateway.app import create_app
+from ingest_gateway.body import YIELD_EVERY_BYTES, batch_messages_yielding
+from ingest_gateway.scan import array_events
 from ingest_gateway.settings import GatewaySettings
+from schemas import DEFAULT_LIMITS, DEFAULT_TOPICS
 from schemas.http_timeouts import TimedHttpProtocol
 from tests.conftest import API_KEY, ModuleEnv, wait_for
 
@@ -396,3 +401,69 @@ def test_a_client_gone_mid_upload_is_counted_as_499_not_500(
     closed = [r for r in caplog.records if "closed the connection" in r.getMessage()]
     assert [(r.levelno, r.exc_info) for r in closed] == [(logging.INFO, None)]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_deeply_nested_elements_are_refused_without_following_them(client: TestClient) -> None:
+    # 5 MB of arrays nested 30,000 deep: refused at the first element's ninth
+    # bracket, not scanned bracket by bracket.
+    element = b"[" * 30_000 + b"]" * 30_000
+    body = b"[" + b",".join([element] * 80) + b"]"
+    started = time.perf_counter()
+    response = client.post("/v1/ingest/batch", content=body)
+    took = time.perf_counter() - started
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "index": 0,
+            "field": "",
+            "message": "event 0 nests objects or arrays more than 8 deep (at byte 9): "
+            "an event is a flat JSON object",
+        }
+    ]
+    assert took < 1.0
+
+
+def test_events_of_thousands_of_unknown_keys_are_refused_counting_every_key(
+    client: TestClient,
+) -> None:
+    # 80 events of 5,000 unknown keys (5 MB): each key counted, 100 listed.
+    event = {**meter(), **{f"k{i:04d}": 1 for i in range(5_000)}}
+    response = client.post("/v1/ingest/batch", content=orjson.dumps([event] * 80))
+    assert response.status_code == 422
+    body = response.json()
+    assert body["message"] == (
+        "80 of 80 event(s) failed validation; nothing was accepted "
+        "(the first 100 of 400000 problems are listed)"
+    )
+    assert body["errors"][:2] == [
+        {"index": 0, "field": "k0000", "message": "Extra inputs are not permitted"},
+        {"index": 0, "field": "k0001", "message": "Extra inputs are not permitted"},
+    ]
+
+
+def test_a_batch_lets_other_requests_run_while_it_is_validated() -> None:
+    # The event loop turns at least once per YIELD_EVERY_BYTES of events.
+    events = [orjson.dumps({**meter(i % 60), "meterId": f"Y{i}"}) for i in range(5_000)]
+    body = b"[" + b",".join(events) + b"]"
+    parsed = array_events(body, 10_000, 65_536)
+
+    async def run() -> tuple[int, int]:
+        turns = 0
+        done = False
+
+        async def tick() -> None:
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        messages = await batch_messages_yielding(parsed, DEFAULT_TOPICS, DEFAULT_LIMITS)
+        done = True
+        await ticker
+        return turns, len(messages)
+
+    turns, accepted = asyncio.run(run())
+    assert accepted == 5_000
+    assert turns >= len(body) // YIELD_EVERY_BYTES

@@ -21,7 +21,7 @@ from fastapi.types import DecoratedCallable
 from ingest_gateway import metrics
 from ingest_gateway.body import (
     batch_events,
-    batch_messages,
+    batch_messages_yielding,
     link_message,
     media_type,
     read_body,
@@ -169,7 +169,7 @@ async def ingest_batch(request: Request) -> Response:
             settings.max_batch_events,
             settings.max_single_event_bytes(),
         )
-        messages = batch_messages(events, state.topics, state.limits)
+        messages = await batch_messages_yielding(events, state.topics, state.limits)
         # What is published is in the messages: the body need not wait for Kafka.
         del body, events
         return await _publish(state, messages)

@@ -38,7 +38,7 @@ def reading() -> bytes:
 @pytest.fixture(scope="module")
 def own_kafka() -> Iterator[LocalStack]:
     """A local stack of this module's own (``.stack/test-outage``), on free ports; stopped after."""
-    stack = LocalStack("test-outage", free_port(), free_port(), free_port())
+    stack = LocalStack("test-outage", free_port(), free_port(), free_port(), free_port())
     with local_stack(stack):
         yield stack
 

@@ -1,7 +1,8 @@
-"""The project's five service processes: what they are, how to start, check and stop them.
+"""The stack's processes: what they are, how to start, check and stop them.
 
-Each runs as ``<repo>/.venv/bin/python -m <module> [arg]`` from the repo root, with
-the current environment plus its own settings, and reports readiness over HTTP.
+The project's five services each run as ``<repo>/.venv/bin/python -m <module> [arg]``
+(the monitoring, `_prometheus`, as programs of its own) from the repo root, with
+the current environment plus its own settings, and report readiness over HTTP.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ MAINTENANCE_EVERY_S = 3600
 
 @dataclass(frozen=True)
 class App:
-    """One service process: ``python -m <args>``, ready when GET ``ready_path`` answers 200."""
+    """One process: ``python -m <args>``, ready when GET ``ready_path`` answers 200.
+
+    With ``program`` (a command found on PATH, e.g. ``prometheus``) it runs
+    ``program <args>`` instead.
+    """
 
     name: str
     args: tuple[str, ...]
@@ -33,9 +38,12 @@ class App:
     ready_path: str
     port_variable: str  # the environment variable that moves ``port``
     env: Mapping[str, str] = field(default_factory=dict)
+    program: str | None = None
 
     @property
     def argv(self) -> list[str]:
+        if self.program is not None:
+            return [self.program, *self.args]
         return [str(VENV_PYTHON), "-m", *self.args]
 
     @property
@@ -43,8 +51,8 @@ class App:
         return f"http://127.0.0.1:{self.port}{self.ready_path}"
 
     def matches(self, argv: list[str]) -> bool:
-        """Our process: same ``-m`` module and arguments (the interpreter path may differ)."""
-        return argv[1:] == ["-m", *self.args]
+        """Our process: same arguments (the interpreter's or program's path may differ)."""
+        return argv[1:] == self.argv[1:]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +175,22 @@ def running_as_root() -> bool:
 def eprint(message: str) -> None:
     """Print to stderr (errors and their evidence)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def apt_install(package: str, what: str) -> None:
+    """Install Debian's ``package`` with apt-get (as root), for ``what`` that needs it.
+
+    Without root or apt-get the missing package is a prerequisite error naming it.
+    Raises `StackError` if apt-get fails.
+    """
+    if not running_as_root() or shutil.which("apt-get") is None:
+        raise StackError(
+            f"{what} not found, and this script can only install it as root with apt-get: "
+            f"install the package {package}",
+            code=EXIT_PREREQ,
+        )
+    say(f"installing {package} from Debian packages (apt-get, once)...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
+        if subprocess.run(argv, env=env, check=False).returncode != 0:
+            raise StackError(f"`{' '.join(argv)}` failed (see its output above)")

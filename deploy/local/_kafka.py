@@ -39,6 +39,11 @@ from schemas.topics import (
 )
 
 KAFKA_VERSION = "4.1.1"
+#: io.prometheus.jmx:jmx_prometheus_javaagent, the broker's /metrics (rules: JMX_RULES).
+JMX_EXPORTER_VERSION = "1.0.1"
+JMX_RULES = REPO_ROOT / "deploy" / "prometheus" / "kafka-jmx.yml"
+#: The port file (see `_procs.write_pid`) of the broker's metrics endpoint.
+JMX_NAME = "kafka-jmx"
 POM = REPO_ROOT / "deploy" / "local" / "kafka" / "pom.xml"
 LOG4J2_CONFIG = REPO_ROOT / "deploy" / "local" / "kafka" / "log4j2.properties"
 NAME = "kafka"
@@ -63,52 +68,63 @@ def cache_root() -> Path:
 
 
 def ensure_jars() -> Path:
-    """Return the folder holding the broker's jars, fetching them with Maven the first time.
+    """Return the folder holding the broker's jars, fetching them with Maven the first time."""
+    libs = cache_root() / "libs"
+    argv = ["-f", str(POM), "dependency:copy-dependencies", "-DincludeScope=runtime"]
+    _fetch_once(
+        cache_root(),
+        [*argv, f"-DoutputDirectory={libs}"],
+        libs / f"kafka_2.13-{KAFKA_VERSION}.jar",
+        f"Kafka {KAFKA_VERSION} jars",
+    )
+    return libs
+
+
+def ensure_jmx_agent() -> Path:
+    """Return the Prometheus JMX exporter agent's jar, fetching it with Maven the first time."""
+    root = cache_root().parent / f"jmx-exporter-{JMX_EXPORTER_VERSION}"
+    jar = root / "lib" / f"jmx_prometheus_javaagent-{JMX_EXPORTER_VERSION}.jar"
+    artifact = f"io.prometheus.jmx:jmx_prometheus_javaagent:{JMX_EXPORTER_VERSION}"
+    argv = ["dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={jar.parent}"]
+    _fetch_once(root, argv, jar, f"the JMX exporter agent {JMX_EXPORTER_VERSION}")
+    return jar
+
+
+def _fetch_once(root: Path, mvn_args: list[str], expected: Path, what: str) -> None:
+    """Run ``mvn <mvn_args>`` once (cached in ``root``), checking that it made ``expected``.
+
+    ``expected``'s folder is emptied first: it is the download's, never ``root``.
 
     The download is marked complete by a stamp file written only after ``mvn``
     succeeded, so an interrupted download is redone from scratch. A file lock
     serialises concurrent stacks that share the cache.
     """
-    root = cache_root()
-    libs, stamp = root / "libs", root / "complete.stamp"
+    stamp = root / "complete.stamp"
     if stamp.exists():
-        return libs
+        return
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():  # another stack fetched them while we waited
-            return libs
+        if stamp.exists():  # another stack fetched it while we waited
+            return
         if shutil.which("mvn") is None:
             raise StackError(
-                "mvn not found: it is needed once to fetch the Kafka jars "
+                f"mvn not found: it is needed once to fetch {what} "
                 "(install it: apt-get install -y maven)",
                 code=EXIT_PREREQ,
             )
-        say(f"kafka: fetching Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
-        shutil.rmtree(libs, ignore_errors=True)
+        say(f"kafka: fetching {what} from Maven Central (once)...")
+        shutil.rmtree(expected.parent, ignore_errors=True)
         result = subprocess.run(
-            [
-                "mvn",
-                "-q",
-                "-B",
-                "-f",
-                str(POM),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={libs}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+            ["mvn", "-q", "-B", *mvn_args], capture_output=True, text=True, check=False
         )
-        if result.returncode != 0 or not (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        if result.returncode != 0 or not expected.exists():
             output = (result.stdout + result.stderr).strip().splitlines()
             raise StackError(
-                f"fetching the Kafka jars with mvn failed (exit {result.returncode})",
+                f"fetching {what} with mvn failed (exit {result.returncode})",
                 detail="\n".join("    " + line for line in output[-20:]),
             )
-        stamp.write_text(f"{KAFKA_VERSION}\n", encoding="utf-8")
-    return libs
+        stamp.write_text(f"{expected.name}\n", encoding="utf-8")
 
 
 def check_java() -> None:
@@ -222,22 +238,23 @@ def running_pid(layout: Layout) -> int | None:
     return _procs.verified_pid(layout.pid_file(NAME), argv_matcher(layout), layout.root)
 
 
-def start(libs: Path, layout: Layout, port: int, env: Mapping[str, str]) -> int:
+def start(
+    libs: Path, layout: Layout, port: int, env: Mapping[str, str], *, agent: Path, jmx_port: int
+) -> int:
     """Launch the broker detached (output to ``logs/kafka.log``) and return its pid.
 
+    The JMX exporter ``agent`` serves the broker's metrics on 127.0.0.1:``jmx_port``.
     Does not wait for readiness: see `wait_ready`, so that PostgreSQL can start
     while the JVM boots.
     """
-    argv = _java(
-        libs,
-        "kafka.Kafka",
-        str(layout.kafka_config),
-        jvm=("-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dkafka.logs.dir={layout.logs}"),
-    )
+    jvm = ("-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dkafka.logs.dir={layout.logs}")
+    agent_arg = f"-javaagent:{agent}=127.0.0.1:{jmx_port}:{JMX_RULES}"
+    argv = _java(libs, "kafka.Kafka", str(layout.kafka_config), jvm=(*jvm, agent_arg))
     pid = _procs.spawn_detached(
         argv, log=layout.log(NAME), env=env, cwd=layout.kafka, banner="starting kafka"
     )
     _procs.write_pid(layout.pid_file(NAME), pid, layout.port_file(NAME), port)
+    layout.port_file(JMX_NAME).write_text(f"{jmx_port}\n", encoding="utf-8")
     return pid
 
 
@@ -251,6 +268,7 @@ def stop(layout: Layout) -> None:
         say(f"{NAME}: {'killed after 30 s' if killed else 'stopped'} (pid {pid})")
     layout.pid_file(NAME).unlink(missing_ok=True)
     layout.port_file(NAME).unlink(missing_ok=True)
+    layout.port_file(JMX_NAME).unlink(missing_ok=True)
 
 
 def wait_ready(layout: Layout, pid: int, port: int) -> None:

@@ -21,7 +21,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import _procs
-from _common import EXIT_PREREQ, Layout, StackError, read_or_create_secret, running_as_root, say
+from _common import (
+    EXIT_PREREQ,
+    Layout,
+    StackError,
+    apt_install,
+    read_or_create_secret,
+    running_as_root,
+    say,
+)
 from _common import tail as log_tail
 
 NAME = "postgres"
@@ -29,6 +37,8 @@ SERVER_USER = "postgres"  # the Debian system user the server runs as when we ar
 DATABASE = "energy"
 WRITER = "energy_writer"
 READER = "energy_reader"
+#: Reads the server's statistics for the PostgreSQL exporter (member of pg_monitor), no data.
+MONITOR = "energy_monitor"
 #: Where the server's files go when SERVER_USER cannot reach the stack folder.
 FALLBACK_ROOT = Path("/var/tmp/energy-ingest")  # noqa: S108 (fixed, root-owned, mode 755)
 #: A unix socket path longer than this (108 bytes with the NUL) cannot be bound.
@@ -57,17 +67,7 @@ def ensure_bindir() -> Path:
     bindir = find_bindir()
     if bindir is not None:
         return bindir
-    if not running_as_root() or shutil.which("apt-get") is None:
-        raise StackError(
-            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin, and this "
-            "script can only install them as root with apt-get: install the package postgresql",
-            code=EXIT_PREREQ,
-        )
-    say("postgres: installing PostgreSQL from Debian packages (apt-get, once)...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
-        if subprocess.run(argv, env=env, check=False).returncode != 0:
-            raise StackError(f"`{' '.join(argv)}` failed (see its output above)")
+    apt_install("postgresql", "PostgreSQL server binaries (/usr/lib/postgresql/*/bin)")
     bindir = find_bindir()
     if bindir is None:
         raise StackError("apt-get installed postgresql but /usr/lib/postgresql/*/bin is empty")
@@ -76,11 +76,12 @@ def ensure_bindir() -> Path:
 
 @dataclass(frozen=True)
 class DbUrls:
-    """Connection URLs (TCP, password auth) for the three database users."""
+    """Connection URLs (TCP, password auth) for the database users."""
 
     admin: str
     writer: str
     reader: str
+    monitor: str
 
 
 def urls(layout: Layout, port: int) -> DbUrls:
@@ -94,6 +95,7 @@ def urls(layout: Layout, port: int) -> DbUrls:
         admin=url(SERVER_USER, "pg-admin-password", "postgres"),
         writer=url(WRITER, "pg-writer-password", DATABASE),
         reader=url(READER, "pg-reader-password", DATABASE),
+        monitor=url(MONITOR, "pg-monitor-password", DATABASE),
     )
 
 
@@ -327,7 +329,8 @@ def bootstrap(db: DbUrls, layout: Layout) -> None:
     """Create or repair the roles and the ``energy`` database; safe to run on every start.
 
     Roles are created if missing and their passwords (re)set from ``secrets/``, so
-    the files and the server always agree. The reader is read-only by default; its
+    the files and the server always agree. The monitor role (``pg_monitor``) is
+    the PostgreSQL exporter's. The reader is read-only by default; its
     grants are the migrations' (``energy_grant_reader``, sql/0008), applied when they
     run and re-applied here on later starts in case the role was re-created.
     """
@@ -335,7 +338,12 @@ def bootstrap(db: DbUrls, layout: Layout) -> None:
     from psycopg import sql
 
     with psycopg.connect(db.admin, autocommit=True) as conn:
-        for role, secret_name in ((WRITER, "pg-writer-password"), (READER, "pg-reader-password")):
+        logins = (
+            (WRITER, "pg-writer-password"),
+            (READER, "pg-reader-password"),
+            (MONITOR, "pg-monitor-password"),
+        )
+        for role, secret_name in logins:
             password = read_or_create_secret(layout.secret(secret_name))
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             conn.execute(
@@ -346,6 +354,9 @@ def bootstrap(db: DbUrls, layout: Layout) -> None:
                 )
             )
         conn.execute(f"ALTER ROLE {READER} SET default_transaction_read_only = on")
+        # pg_monitor reads every statistics view and size function, and no table's rows.
+        conn.execute(f"GRANT pg_monitor TO {MONITOR}")
+        conn.execute(f"ALTER ROLE {MONITOR} SET default_transaction_read_only = on")
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
             conn.execute(f"CREATE DATABASE {DATABASE} OWNER {WRITER}")
     energy_admin = db.admin.rsplit("/", 1)[0] + f"/{DATABASE}"

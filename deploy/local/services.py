@@ -44,6 +44,8 @@ class LocalStack:
     kafka_port: int
     kafka_controller_port: int
     pg_port: int
+    #: The broker's Prometheus metrics (its JMX exporter agent).
+    kafka_jmx_port: int
 
     @classmethod
     def from_env(cls, name: str, prefix: str, kafka: int, controller: int, pg: int) -> LocalStack:
@@ -51,12 +53,16 @@ class LocalStack:
 
         ``<prefix>_KAFKA_PORT``, ``<prefix>_KAFKA_CONTROLLER_PORT`` and
         ``<prefix>_PG_PORT`` move them, so that several checkouts can run side by side.
+        The broker's metrics port is ``<prefix>_KAFKA_JMX_PORT``, else the Kafka
+        port + 2, so that moving Kafka moves it too.
         """
+        kafka_port = int(os.environ.get(f"{prefix}_KAFKA_PORT", str(kafka)))
         return cls(
             name,
-            int(os.environ.get(f"{prefix}_KAFKA_PORT", str(kafka))),
+            kafka_port,
             int(os.environ.get(f"{prefix}_KAFKA_CONTROLLER_PORT", str(controller))),
             int(os.environ.get(f"{prefix}_PG_PORT", str(pg))),
+            int(os.environ.get(f"{prefix}_KAFKA_JMX_PORT", str(kafka_port + 2))),
         )
 
     @property
@@ -75,6 +81,8 @@ class LocalStack:
             str(self.kafka_controller_port),
             "--pg-port",
             str(self.pg_port),
+            "--kafka-jmx-port",
+            str(self.kafka_jmx_port),
         ]
 
 

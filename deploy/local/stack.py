@@ -1,11 +1,12 @@
-"""Run the project's local stack without Docker: Kafka, PostgreSQL and the five services.
+"""Run the project's local stack without Docker: Kafka, PostgreSQL, the five services, Prometheus.
 
 Usage (from anywhere; relative ``--dir`` paths are taken from the current folder)::
 
     .venv/bin/python deploy/local/stack.py up|infra-up|down|status|destroy [options]
 
-``up`` starts the infrastructure (Kafka broker, PostgreSQL server, database, roles,
-migrations, topics) and then the apps, waiting until each one is ready; ``infra-up``
+``up`` starts the infrastructure (Kafka broker with its metrics agent, PostgreSQL
+server, database, roles, migrations, topics) and then the apps, the PostgreSQL
+exporter and Prometheus, waiting until each one is ready; ``infra-up``
 stops after the infrastructure (the test suite uses it, with ``--json``). Both are
 idempotent: components already running are left alone. ``down`` stops everything
 and keeps the data; ``destroy`` also deletes the stack folder.
@@ -34,6 +35,7 @@ import _apps
 import _kafka
 import _postgres
 import _procs
+import _prometheus
 from _common import (
     EXIT_PREREQ,
     REPO_ROOT,
@@ -47,7 +49,7 @@ from _common import (
 )
 
 #: Entries a stack folder may hold; `destroy` refuses to delete any other folder.
-_STACK_ENTRIES = {"logs", "run", "kafka", "pg", "secrets", "api-key"}
+_STACK_ENTRIES = {"logs", "run", "kafka", "pg", "secrets", "api-key", "prometheus"}
 
 
 def _port(raw: str) -> int:
@@ -74,8 +76,10 @@ class Settings:
     layout: Layout
     kafka_port: int
     controller_port: int
+    kafka_jmx_port: int
     pg_port: int
     app_ports: _apps.AppPorts
+    monitor_ports: _prometheus.MonitorPorts
     json: bool
 
     @property
@@ -106,6 +110,12 @@ def _parse(argv: list[str]) -> tuple[str, Settings]:
         help="KRaft controller port (env STACK_KAFKA_CONTROLLER_PORT, default 19093)",
     )
     parser.add_argument(
+        "--kafka-jmx-port",
+        type=_port,
+        default=None,
+        help="the broker's metrics agent (env STACK_KAFKA_JMX_PORT, default 9404)",
+    )
+    parser.add_argument(
         "--pg-port",
         type=_port,
         default=None,
@@ -122,11 +132,16 @@ def _parse(argv: list[str]) -> tuple[str, Settings]:
         kafka_port=args.kafka_port or _env_port("STACK_KAFKA_PORT", 19092),
         controller_port=args.kafka_controller_port
         or _env_port("STACK_KAFKA_CONTROLLER_PORT", 19093),
+        kafka_jmx_port=args.kafka_jmx_port or _env_port("STACK_KAFKA_JMX_PORT", 9404),
         pg_port=args.pg_port or _env_port("STACK_PG_PORT", 15432),
         app_ports=_apps.AppPorts(
             gateway=_env_port("GATEWAY_PORT", 8080),
             analytics=_env_port("ANALYTICS_PORT", 8081),
             metrics_base=_env_port("STACK_CONSUMER_METRICS_PORT_BASE", 9101),
+        ),
+        monitor_ports=_prometheus.MonitorPorts(
+            prometheus=_env_port("STACK_PROMETHEUS_PORT", 9090),
+            pg_exporter=_env_port("STACK_PG_EXPORTER_PORT", 9187),
         ),
         json=args.json,
     )
@@ -163,12 +178,17 @@ def _check_distinct(settings: Settings, with_apps: bool) -> None:
     ports = {
         "--kafka-port": settings.kafka_port,
         "--kafka-controller-port": settings.controller_port,
+        "--kafka-jmx-port": settings.kafka_jmx_port,
         "--pg-port": settings.pg_port,
     }
     if with_apps:
         app_ports = settings.app_ports
         ports |= {"GATEWAY_PORT": app_ports.gateway, "ANALYTICS_PORT": app_ports.analytics}
         ports |= {f"{kind} metrics": app_ports.metrics(kind) for kind in _apps.METRICS_KINDS}
+        ports |= {
+            "STACK_PROMETHEUS_PORT": settings.monitor_ports.prometheus,
+            "STACK_PG_EXPORTER_PORT": settings.monitor_ports.pg_exporter,
+        }
     seen: dict[int, str] = {}
     for what, port in ports.items():
         if port in seen:
@@ -197,6 +217,8 @@ def infra_up(settings: Settings) -> _postgres.DbUrls:
     kafka_pid = _kafka.running_pid(layout)
     kafka_port = _procs.recorded_port(layout.port_file(_kafka.NAME)) if kafka_pid else None
     _check_port_unchanged("kafka", kafka_port, settings.kafka_port, "--kafka-port")
+    jmx_port = _procs.recorded_port(layout.port_file(_kafka.JMX_NAME)) if kafka_pid else None
+    _check_port_unchanged("kafka metrics", jmx_port, settings.kafka_jmx_port, "--kafka-jmx-port")
     pg = _postgres.running(layout)
     _check_port_unchanged("postgres", pg[1] if pg else None, settings.pg_port, "--pg-port")
 
@@ -205,8 +227,12 @@ def infra_up(settings: Settings) -> _postgres.DbUrls:
         hint = "choose other ports with --kafka-port / --kafka-controller-port"
         _procs.require_free_port(settings.kafka_port, "kafka", hint)
         _procs.require_free_port(settings.controller_port, "kafka controller", hint)
+        _procs.require_free_port(
+            settings.kafka_jmx_port, "kafka metrics", "choose another with --kafka-jmx-port"
+        )
         _kafka.check_java()
         _kafka.ensure_jars()
+        _kafka.ensure_jmx_agent()
     if pg is None:
         _procs.require_free_port(settings.pg_port, "postgres", "choose another with --pg-port")
         _postgres.ensure_bindir()
@@ -216,7 +242,14 @@ def infra_up(settings: Settings) -> _postgres.DbUrls:
         _kafka.write_config(layout, settings.kafka_port, settings.controller_port)
         _kafka.format_storage_once(libs, layout)
         env = dict(os.environ, **{_procs.MARKER: str(layout.root)})
-        kafka_pid = _kafka.start(libs, layout, settings.kafka_port, env)
+        kafka_pid = _kafka.start(
+            libs,
+            layout,
+            settings.kafka_port,
+            env,
+            agent=_kafka.ensure_jmx_agent(),  # cached by the check above: instant
+            jmx_port=settings.kafka_jmx_port,
+        )
         say(f"kafka: starting (pid {kafka_pid}, log {layout.log(_kafka.NAME)})")
     else:
         say(f"kafka: already running (pid {kafka_pid}, port {settings.kafka_port})")
@@ -251,14 +284,18 @@ def _api_key(layout: Layout) -> str:
 
 
 def _define_apps(settings: Settings, db: _postgres.DbUrls | None) -> list[_apps.App]:
-    """The apps of this stack (``db`` None: only their identity matters, e.g. to stop them)."""
-    return _apps.define(
+    """The apps of this stack, monitoring last (``db`` None: only their identity matters)."""
+    services = _apps.define(
         settings.app_ports,
         kafka_bootstrap=settings.kafka_bootstrap,
         writer_url=db.writer if db else "",
         reader_url=db.reader if db else "",
         api_key=_api_key(settings.layout) if db else "",
     )
+    monitoring = _prometheus.define(
+        settings.layout, settings.monitor_ports, db.monitor if db else ""
+    )
+    return services + monitoring
 
 
 def up(settings: Settings) -> dict[str, Any]:
@@ -272,8 +309,10 @@ def up(settings: Settings) -> dict[str, Any]:
         else:
             running_port = _procs.recorded_port(layout.port_file(app.name))
             _check_port_unchanged(app.name, running_port, app.port, app.port_variable)
+    _prometheus.ensure_installed()
     db = infra_up(settings)
     apps = _define_apps(settings, db)
+    _prometheus.write_config(layout, apps, settings.kafka_jmx_port)
     started: list[tuple[_apps.App, int]] = []
     for app in apps:
         pid = _apps.running_pid(layout, app)
@@ -289,7 +328,12 @@ def up(settings: Settings) -> dict[str, Any]:
         "analytics_url": f"http://127.0.0.1:{ports.analytics}",
         "metrics_urls": {
             kind: f"http://127.0.0.1:{ports.metrics(kind)}/metrics" for kind in _apps.METRICS_KINDS
+        }
+        | {
+            "kafka": f"http://127.0.0.1:{settings.kafka_jmx_port}/metrics",
+            "postgres": f"http://127.0.0.1:{settings.monitor_ports.pg_exporter}/metrics",
         },
+        "prometheus_url": f"http://127.0.0.1:{settings.monitor_ports.prometheus}",
         "api_key": _api_key(layout),
         "logs": str(layout.logs),
     }
@@ -322,6 +366,8 @@ def status(settings: Settings) -> dict[str, Any]:
     rows.append(
         ("kafka", pid, _procs.recorded_port(layout.port_file("kafka")) or settings.kafka_port)
     )
+    jmx_port = _procs.recorded_port(layout.port_file(_kafka.JMX_NAME))
+    rows.append(("kafka-jmx", pid if jmx_port else None, jmx_port or settings.kafka_jmx_port))
     pg = _postgres.running(layout)
     rows.append(("postgres", pg[0] if pg else None, pg[1] if pg else settings.pg_port))
     for app in _define_apps(settings, None):
@@ -420,6 +466,7 @@ def _print_summary(command: str, info: dict[str, Any], elapsed: float) -> None:
         metrics = info["metrics_urls"]
         say(f"  {'gateway':<20}{info['gateway_url']}")
         say(f"  {'analytics':<20}{info['analytics_url']}")
+        say(f"  {'prometheus':<20}{info['prometheus_url']}")
         for kind, url in metrics.items():
             say(f"  {kind + ' metrics':<20}{url}")
     say(f"  {'kafka':<20}{info['kafka_bootstrap']}")

@@ -231,6 +231,9 @@ def run_maintenance(database_url: str, policy: RetentionPolicy) -> MaintenanceRe
         return report
     for table, lead in report.lead_days.items():
         metrics.PARTITION_LEAD_DAYS.labels(table).set(lead)
+        # Exported at 0 until a drop: "none dropped" is then a value, not an absence.
+        metrics.PARTITIONS_DROPPED.labels(table)
+        metrics.ROWS_DROPPED.labels(table)
     metrics.PARTITIONS_PENDING_DROP.set(report.pending_drops)
     metrics.MAINTENANCE_LAST_SUCCESS.set_to_current_time()
     if report.created or report.rollups_deleted:

@@ -39,6 +39,8 @@ from schemas import Stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: The ``cause`` label of ``energy_consumer_retries_total``: what was unavailable.
+RETRY_CAUSES = ("postgresql", "kafka", "kafka-commit")
 
 #: How long a batch waits for its transactionally committed offsets to be visible.
 COMMIT_VISIBILITY_TIMEOUT_S = 30.0
@@ -90,6 +92,10 @@ class StreamWorker:
         # A failure met while partitions were revoked: aiokafka only logs a
         # rebalance listener's exception, so the main loop raises it instead.
         self._failure: BaseException | None = None
+        # Every retry cause exported from the start at 0: a panel or alert then
+        # tells "no retries" from "no such worker".
+        for cause in RETRY_CAUSES:
+            metrics.RETRIES.labels(stream.value, cause)
 
     async def run(self) -> None:
         """Poll and process batches until ``stop`` is set; the last batch is finished.

@@ -66,3 +66,14 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
     assert sorted(set(names) - fires) == [], "alerts never tested firing"
     assert sorted(set(names) - silent) == [], "alerts never tested silent"
     assert sorted((fires | silent) - set(names)) == [], "tests of alerts that do not exist"
+
+
+def test_every_alert_has_a_runbook_entry() -> None:
+    readme = (RULES_DIR.parent / "README.md").read_text()
+    runbook = readme[readme.index("## Runbook") :]
+    runbook = runbook[: runbook.index("\n## ", 1)]
+    rows = {
+        line.split("|")[1].strip(" `") for line in runbook.splitlines() if line.startswith("| `")
+    }
+    assert sorted(set(alert_names()) - rows) == [], "alerts without a runbook row"
+    assert sorted(rows - set(alert_names())) == [], "runbook rows of alerts that do not exist"

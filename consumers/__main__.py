@@ -20,13 +20,13 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from consumers import metrics
 from consumers.connection import WriterConnection
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_age import dead_letter_age_probe
+from consumers.health import Health, serve_health
 from consumers.membership import group_membership, membership_options
 from consumers.migrate import prepare_database
 from consumers.partitions import run_maintenance
@@ -37,10 +37,32 @@ from schemas import Stream
 log = logging.getLogger("consumers")
 
 
-async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.Event) -> None:
-    """Run ``stream``'s worker until ``stop`` is set. Owns its consumer, producer and connection."""
+async def run_worker(
+    settings: ConsumerSettings, stream: Stream, stop: asyncio.Event, health: Health | None = None
+) -> None:
+    """Run ``stream``'s worker until ``stop`` is set. Owns its consumer, producer and connection.
+
+    ``health`` (``/readyz``) is told where the worker stands in its consumer group.
+    """
     topic = settings.topics().for_stream(stream)
     group_id = f"{settings.group_id_prefix}-{stream.value}"
+    health = health or Health(
+        settings.database_url.get_secret_value(), settings.readiness_timeout_s, "connecting"
+    )
+    try:
+        await _run_worker(settings, stream, stop, topic, group_id, health)
+    finally:
+        health.kafka = "stopped"
+
+
+async def _run_worker(
+    settings: ConsumerSettings,
+    stream: Stream,
+    stop: asyncio.Event,
+    topic: str,
+    group_id: str,
+    health: Health,
+) -> None:
     clients = await _connect_kafka(settings, stream, group_id, stop)
     if clients is None:
         log.info("stopped before Kafka was reachable")
@@ -60,7 +82,8 @@ async def run_worker(settings: ConsumerSettings, stream: Stream, stop: asyncio.E
                 DeadLetterPublisher(producer, group_id),
                 stop,
             )
-            consumer.subscribe([topic], listener=CommitBeforeRevoke(worker))
+            consumer.subscribe([topic], listener=CommitBeforeRevoke(worker, health.joined))
+            health.joined(None)
             log.info("consuming %s as group %s", topic, group_id)
             await worker.run()
     finally:
@@ -151,7 +174,7 @@ async def _connect_kafka(
     return None
 
 
-async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
+async def _main_async(settings: ConsumerSettings, stream: Stream, health: Health) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,7 +183,7 @@ async def _main_async(settings: ConsumerSettings, stream: Stream) -> None:
         group_membership(settings, stream, stop),
         dead_letter_age_probe(settings, stream, stop),
     ):
-        await run_worker(settings, stream, stop)
+        await run_worker(settings, stream, stop, health)
 
 
 def _positive_seconds(text: str) -> float:
@@ -221,12 +244,17 @@ def main(argv: list[str] | None = None) -> int:
             + (" (skipped: another session holds the lock)" if report.skipped else "")
         )
         return 0
-    server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    health = Health(
+        settings.database_url.get_secret_value(),
+        settings.readiness_timeout_s,
+        None if args.command == "maintain" else "connecting",
+    )
+    server, thread = serve_health(settings.metrics_host, settings.metrics_port, health)
     try:
         if args.command == "maintain":
             _maintenance_service(settings, args.every or settings.maintenance_interval_s)
         else:
-            asyncio.run(_main_async(settings, Stream(args.command)))
+            asyncio.run(_main_async(settings, Stream(args.command), health))
     finally:
         server.shutdown()
         thread.join(timeout=5)

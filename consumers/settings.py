@@ -68,6 +68,8 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
+    #: How long ``/readyz`` waits for PostgreSQL to answer before saying it is unreachable.
+    readiness_timeout_s: float = Field(default=2.0, gt=0, le=60)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

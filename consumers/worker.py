@@ -341,12 +341,17 @@ class StreamWorker:
 class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints, so its base class is Any
     """Lets a rebalance take partitions only between batches (after their commit)."""
 
-    def __init__(self, worker: StreamWorker) -> None:
+    def __init__(
+        self, worker: StreamWorker, membership: Callable[[int | None], None] | None = None
+    ) -> None:
         self._worker = worker
+        # Told the partitions assigned, or None while a rebalance is under way.
+        self._membership = membership or (lambda _: None)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Wait for the batch in flight to be committed (or abandoned, if it cannot be)."""
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        self._membership(None)
         await self._worker.finish_for_rebalance()
         for tp in revoked:
             # The new owner reports this partition's lag from now on.
@@ -356,6 +361,6 @@ class CommitBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Log the new assignment."""
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
-        metrics.ASSIGNED_PARTITIONS.labels(self._worker.stream.value).set(
-            len(self._worker.consumer.assignment())
-        )
+        count = len(self._worker.consumer.assignment())
+        metrics.ASSIGNED_PARTITIONS.labels(self._worker.stream.value).set(count)
+        self._membership(count)

@@ -91,13 +91,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 async def _error(request: Request, exc: ApiError) -> Response:
-    """Answer ``exc``; a body refused for its size or content counts as rejected events.
+    """Answer ``exc``; a body refused (413, 415, 422) counts as a rejected request, and its
+    events (where known, :attr:`GatewayError.events`) as rejected events.
 
     A client gone mid-body is one INFO line and status 499 in the request
     metrics: nothing failed on this side.
     """
-    if exc.status in (413, 422):
-        metrics.EVENTS_REJECTED.labels(exc.code).inc()
+    if exc.status in (413, 415, 422):
+        metrics.REQUESTS_REJECTED.labels(exc.code).inc()
+        events = getattr(exc, "events", 0)
+        if events:
+            metrics.EVENTS_REJECTED.labels(exc.code).inc(events)
     elif isinstance(exc, ClientClosed):
         log.info("%s %s: %s", request.method, request.url.path, exc.message)
     return error_response(exc)

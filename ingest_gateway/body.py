@@ -168,12 +168,14 @@ def _batch_steps(
             invalid.add({"index": index}, list(exc.errors), exc.problems)
     if not_json.events:
         kind = "NDJSON line(s)" if events.ndjson else "event(s) of the batch"
-        raise not_json.refusal(f"{not_json.events} {kind} are not valid JSON")
+        raise not_json.refusal(f"{not_json.events} {kind} are not valid JSON").holding(
+            len(events.items)
+        )
     if invalid.events:
         raise invalid.refusal(
             f"{invalid.events} of {len(events.items)} event(s) failed validation; "
             "nothing was accepted"
-        )
+        ).holding(len(events.items))
     return messages
 
 
@@ -226,7 +228,8 @@ def single_reading(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationL
     except InvalidEvent as exc:
         problems = _Problems()
         problems.add({"index": 0}, list(exc.errors), exc.problems)
-        raise problems.refusal("1 of 1 event(s) failed validation; nothing was accepted") from None
+        refusal = problems.refusal("1 of 1 event(s) failed validation; nothing was accepted")
+        raise refusal.holding(1) from None
 
 
 def reading_message(
@@ -257,7 +260,7 @@ def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLim
     except InvalidEvent as exc:
         raise InvalidPayload(
             f"link failed validation: {exc.reason}", [dict(e) for e in exc.errors]
-        ) from None
+        ).holding(1) from None
     return Message(
         topic=topics.links,
         key=link.device_id.encode(),

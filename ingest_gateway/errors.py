@@ -9,7 +9,18 @@ from schemas.web import ApiError, InvalidRequest, Unavailable
 
 
 class GatewayError(ApiError):
-    """Root of the gateway's errors; ``app.py`` answers each with its status and JSON body."""
+    """Root of the gateway's errors; ``app.py`` answers each with its status and JSON body.
+
+    ``events`` is how many events the refused request held, where that is known
+    (counted in ``energy_gateway_events_rejected_total``); 0 otherwise.
+    """
+
+    events: int = 0
+
+    def holding(self, events: int) -> GatewayError:
+        """This error, saying the refused request held ``events`` events."""
+        self.events = events
+        return self
 
 
 class PayloadTooLarge(GatewayError):

@@ -13,9 +13,17 @@ from schemas.http_metrics import LATENCY_BUCKETS
 EVENTS_ACCEPTED = Counter(
     "energy_gateway_events_accepted_total", "Events acknowledged by Kafka.", ["stream"]
 )
+REQUESTS_REJECTED = Counter(
+    "energy_gateway_requests_rejected_total",
+    "Ingest requests refused for their body (413 too large, 415 media type, 422 invalid); "
+    "nothing of them was published.",
+    ["reason"],
+)
 EVENTS_REJECTED = Counter(
     "energy_gateway_events_rejected_total",
-    "Events refused before publishing (validation, size).",
+    "Events of refused requests, where their count is known: every event of a 422 batch "
+    "(all or nothing), one per one-event request; a body refused before its events were "
+    "counted (too large, not an array) adds none.",
     ["reason"],
 )
 PUBLISH_SECONDS = Histogram(

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from deploy.local.kafka_tools import create_topics, delete_topics, read_all
 from deploy.local.services import free_port
@@ -251,3 +252,28 @@ def test_duplicate_keys_are_422_naming_the_key(
     topics = [env.topics.vehicle, env.topics.links]
     published = [read_all(env.services.kafka_bootstrap, t, expected=0, timeout_s=1) for t in topics]
     assert [r for records in published for r in records if r.key == b"GV-dup"] == []
+
+
+def _rejected(kind: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(f"energy_gateway_{kind}_rejected_total", {"reason": reason})
+    return value or 0.0
+
+
+def test_rejected_requests_and_their_events_are_counted_apart(gateway: TestClient) -> None:
+    def counts() -> list[float]:
+        return [
+            _rejected(kind, reason)
+            for kind in ("requests", "events")
+            for reason in ("validation_failed", "unsupported_media_type")
+        ]
+
+    before = counts()
+    bad_batch = [meter("GM-rej", 1), {**meter("GM-rej", 2), "voltage": -1}, vehicle("GV-rej")]
+    assert gateway.post("/v1/ingest/batch", json=bad_batch).status_code == 422
+    assert gateway.post("/v1/ingest", json={**meter("GM-rej"), "soc": 1}).status_code == 422
+    png = {"Content-Type": "image/png"}
+    assert gateway.post("/v1/ingest", content=b"\x89PNG", headers=png).status_code == 415
+    after = counts()
+    # Requests: two 422s and one 415. Events: the batch's three (none was
+    # accepted) and the one event; the 415's body was never read.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 4, 0]

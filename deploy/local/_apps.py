@@ -92,7 +92,7 @@ def define(
                 f"consumer-{kind}",
                 ("consumers", kind),
                 ports.metrics(kind),
-                "/healthz",
+                "/readyz",
                 "STACK_CONSUMER_METRICS_PORT_BASE",
                 {
                     "CONSUMER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -107,7 +107,7 @@ def define(
             "maintenance",
             ("consumers", "maintain", "--every", str(MAINTENANCE_EVERY_S)),
             ports.metrics("maintenance"),
-            "/healthz",
+            "/readyz",
             "STACK_CONSUMER_METRICS_PORT_BASE",
             {
                 "CONSUMER_DATABASE_URL": writer_url,

@@ -131,7 +131,7 @@ def _parse_one(body: bytes) -> Any:
     try:
         return parse_json(body)
     except InvalidEvent as exc:
-        raise InvalidPayload(exc.reason) from None
+        raise InvalidPayload(exc.reason).holding(1) from None
 
 
 #: Validates one parsed event (its raw body alongside) into its Kafka message.

@@ -320,3 +320,17 @@ def test_every_scraped_job_has_a_panel(monitored: tuple[Prometheus, str, str]) -
         if not words & own:
             without.append(job)
     assert not without, f"jobs no dashboard panel shows: {without}"
+
+
+def test_dashboards_are_importable() -> None:
+    """Each dashboard has a uid and the datasource variable, used by every panel and query."""
+    assert DASHBOARDS, "no dashboard under deploy/grafana"
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        assert dashboard.get("uid"), f"{path.name} has no uid"
+        variables = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+        assert [v["type"] for v in variables] == ["datasource"], f"{path.name}: no $datasource"
+        for panel in dashboard["panels"]:
+            uses = [panel.get("datasource")] + [t["datasource"] for t in panel.get("targets", [])]
+            expected = {"type": "prometheus", "uid": "${datasource}"}
+            assert all(use == expected for use in uses if panel["type"] != "row"), panel["title"]

@@ -1,11 +1,10 @@
 """Every panel query of the Grafana dashboards returns data from a live Prometheus.
 
-Grafana itself is not run: its queries are. Prometheus (Debian's package) runs
-on the project's own scrape config and rules (``deploy/prometheus``, rendered
-for loopback ports by :mod:`deploy.local.prometheus_config`) and scrapes real
-processes started here: the gateway, the three consumers, maintenance, the
-analytics API, ``prometheus-postgres-exporter`` on this module's database and
-the session broker's JMX exporter agent. A short simulated fleet, invalid
+Grafana itself is not run: its queries are. A Prometheus on the project's own
+scrape config and rules scrapes real processes (see :mod:`tests.monitoring`):
+the gateway, the three consumers, maintenance, the analytics API,
+``prometheus-postgres-exporter`` on this module's database and the session
+broker's JMX exporter agent. A short simulated fleet, invalid
 events, a duplicate and a poison record go through them; then each panel
 query runs against Prometheus's HTTP API and must answer at least one series.
 """
@@ -13,37 +12,27 @@ query runs against Prometheus's HTTP API and must answer at least one series.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import httpx2 as httpx
-import psycopg
 import pytest
 
 from bench.gateway_process import GatewayProcess
-from deploy.local import prometheus_config
 from deploy.local.kafka_tools import produce
-from deploy.local.services import ROOT, free_port
-from tests.conftest import API_KEY, WORKER_LOGS, ModuleEnv, wait_for
+from deploy.local.services import ROOT
+from tests.conftest import API_KEY, ModuleEnv, wait_for
+from tests.monitoring import Prometheus, start_monitored
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana").rglob("*.json"))
 #: Grafana's interval variables, fixed: 1 s scrapes make a minute hold many samples.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
-#: Scrape and rule evaluation interval of this test's Prometheus.
-SCRAPE_INTERVAL = "1s"
-#: The exporter's login: statistics only (pg_monitor), as the local stack's.
-MONITOR_ROLE = "energy_test_monitor"
 #: Time for every query to have data once every target is up.
 DATA_TIMEOUT_S = 45.0
 
@@ -74,62 +63,6 @@ def panel_queries() -> list[PanelQuery]:
     return queries
 
 
-class Prometheus:
-    """Prometheus's HTTP API at ``url``."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str, **params: str) -> Any:
-        """The ``data`` of ``GET <path>?<params>``; raises AssertionError on an error answer."""
-        body = httpx.get(f"{self.url}{path}", params=params, timeout=10).json()
-        if body.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
-        return body["data"]
-
-    def series(self, expr: str) -> int:
-        """How many series the instant query ``expr`` answers (raises if it errors)."""
-        return len(self.get("/api/v1/query", query=expr)["result"])
-
-    def targets(self) -> list[dict[str, Any]]:
-        """The active scrape targets."""
-        found: list[dict[str, Any]] = self.get("/api/v1/targets", state="active")["activeTargets"]
-        return found
-
-
-def _require(program: str) -> str:
-    found = shutil.which(program)
-    assert found, f"{program} is not installed (Debian package {program}; .ci/run installs it)"
-    return found
-
-
-def _monitor_url(env: ModuleEnv) -> str:
-    """A pg_monitor login on this module's database, made once per server."""
-    with psycopg.connect(env.services.admin_url, autocommit=True) as admin:
-        found = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (MONITOR_ROLE,))
-        if found.fetchone() is None:
-            admin.execute(
-                f"CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD '{MONITOR_ROLE}' IN ROLE pg_monitor"
-            )
-    parts = urllib.parse.urlsplit(env.writer_url)
-    netloc = f"{MONITOR_ROLE}:{MONITOR_ROLE}@{parts.hostname}:{parts.port or 5432}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="sslmode=disable"))
-
-
-def _start(env: ModuleEnv, name: str, argv: list[str], **extra: str) -> None:
-    """Run ``argv`` (stopped with the module's processes), its output in the workers' logs."""
-    WORKER_LOGS.mkdir(parents=True, exist_ok=True)
-    with (WORKER_LOGS / f"{env.name}-{name}.log").open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=dict(os.environ, **extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    env.processes.append(proc)
-
-
 @pytest.fixture(scope="module")
 def monitored(
     env: ModuleEnv, tmp_path_factory: pytest.TempPathFactory
@@ -140,83 +73,14 @@ def monitored(
     """
     stack = env.services.stack
     assert stack is not None, "the broker's metrics come from the local stack's JMX agent"
-    ports = {
-        name: free_port()
-        for name in (
-            "analytics",
-            "consumer-meter",
-            "consumer-vehicle",
-            "consumer-links",
-            "maintenance",
-            "postgres-exporter",
-            "localhost",
-        )
-    }
-    with ExitStack() as stack_of_processes:
-        gateway = stack_of_processes.enter_context(
-            GatewayProcess(env.services.kafka_bootstrap, env.topics, workers=1)
-        )
-        ports |= {"gateway": gateway.port, "kafka": stack.kafka_jmx_port}
-        for stream in ("meter", "vehicle", "links"):
-            env.start_consumer(
-                stream,
-                CONSUMER_METRICS_PORT=str(ports[f"consumer-{stream}"]),
-                CONSUMER_DLQ_PROBE_INTERVAL_S="1",
-            )
-        env.start_consumer(
-            "maintain", "--every", "3600", CONSUMER_METRICS_PORT=str(ports["maintenance"])
-        )
-        _start(
+    with GatewayProcess(env.services.kafka_bootstrap, env.topics, workers=1) as gateway:
+        running = start_monitored(
             env,
-            "analytics",
-            [sys.executable, "-m", "analytics_api"],
-            ANALYTICS_HOST="127.0.0.1",
-            ANALYTICS_PORT=str(ports["analytics"]),
-            ANALYTICS_DATABASE_URL=env.reader_url,
-            ANALYTICS_API_KEYS=API_KEY,
+            tmp_path_factory.mktemp("prometheus"),
+            gateway_port=gateway.port,
+            kafka_jmx_port=stack.kafka_jmx_port,
         )
-        exporter = _require("prometheus-postgres-exporter")
-        queries = prometheus_config.PROMETHEUS_DIR / "postgres-queries.yml"
-        _start(
-            env,
-            "postgres-exporter",
-            [
-                exporter,
-                f"--web.listen-address=127.0.0.1:{ports['postgres-exporter']}",
-                f"--extend.query-path={queries}",
-            ],
-            DATA_SOURCE_NAME=_monitor_url(env),
-        )
-        home = tmp_path_factory.mktemp("prometheus")
-        config = prometheus_config.write(home, ports, interval=SCRAPE_INTERVAL)
-        _start(
-            env,
-            "prometheus",
-            [
-                _require("prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={home / 'data'}",
-                f"--web.listen-address=127.0.0.1:{ports['localhost']}",
-            ],
-        )
-        prometheus = Prometheus(f"http://127.0.0.1:{ports['localhost']}")
-
-        def all_up() -> bool:
-            try:
-                targets = prometheus.targets()
-            except OSError:
-                return False  # Prometheus not listening yet
-            return len(targets) == len(ports) and all(t["health"] == "up" for t in targets)
-
-        wait_for(
-            all_up,
-            timeout_s=30,
-            interval_s=0.25,
-            explain=lambda: str(
-                [(t["scrapeUrl"], t["health"], t["lastError"]) for t in prometheus.targets()]
-            ),
-        )
-        yield prometheus, gateway.url, gateway.api_key
+        yield running.prometheus, gateway.url, gateway.api_key
 
 
 def _send_load(env: ModuleEnv, gateway_url: str, gateway_key: str, analytics_url: str) -> None:

@@ -57,6 +57,20 @@ class Prometheus:
         found: list[dict[str, Any]] = self.get("/api/v1/targets", state="active")["activeTargets"]
         return found
 
+    def alerts(self, name: str, state: str | None = None, **labels: str) -> list[dict[str, Any]]:
+        """Alerts ``name`` (in ``state``, ``pending`` or ``firing``, if given) with ``labels``.
+
+        ``labels`` need only be among the alert's. An alert whose expression no
+        longer holds is gone from the answer: "cleared" is an empty list.
+        """
+        return [
+            alert
+            for alert in self.get("/api/v1/alerts")["alerts"]
+            if alert["labels"]["alertname"] == name
+            and state in (None, alert["state"])
+            and labels.items() <= alert["labels"].items()
+        ]
+
 
 @dataclass(frozen=True)
 class Monitored:
@@ -114,12 +128,15 @@ def start_monitored(
     *,
     gateway_port: int,
     kafka_jmx_port: int,
+    rule_speedup: int | None = None,
 ) -> Monitored:
     """Start every component but the gateway, and Prometheus (folder ``home``) scraping them all.
 
     The gateway on ``gateway_port`` and the broker agent on ``kafka_jmx_port``
-    are the caller's. Returns once Prometheus reports every target of its config
-    up; raises AssertionError if they are not within 30 s.
+    are the caller's. ``rule_speedup`` runs the project's rules with every
+    duration divided by it (see `prometheus_config.render_rules`). Returns once
+    Prometheus reports every target of its config up; raises AssertionError if
+    they are not within 30 s.
     """
     ports = {
         name: free_port()
@@ -158,7 +175,9 @@ def start_monitored(
         ],
         DATA_SOURCE_NAME=_monitor_url(env),
     )
-    config = prometheus_config.write(home, ports, interval=SCRAPE_INTERVAL)
+    config = prometheus_config.write(
+        home, ports, interval=SCRAPE_INTERVAL, rule_speedup=rule_speedup
+    )
     _start(
         env,
         "prometheus",

@@ -8,6 +8,12 @@ labels and rule files included, and only rewrites each ``host:port`` target
 to ``127.0.0.1:<port of host>``; `write` puts the result, with the rule files
 beside it, into a folder Prometheus is then started on.
 
+For tests only, `write` can also give Prometheus the rule files sped up
+(`render_rules`): every duration in them (``for:``, range windows, offsets)
+divided by a factor, so that an alert pending for 2 minutes fires after 2 s
+and a 5-minute rate forgets a fault after 5 s. Expressions, thresholds, labels
+and annotations stay the project's; the local stack never uses it.
+
 The module needs nothing but the standard library, so the stack script (which
 runs as a plain script) and the tests import the same code.
 """
@@ -26,6 +32,21 @@ SOURCE = PROMETHEUS_DIR / "prometheus.yml"
 _TARGET = re.compile(r"""(["'])([A-Za-z0-9_.-]+):(\d+)\1""")
 _INTERVAL = re.compile(r"^(\s*)(scrape_interval|scrape_timeout|evaluation_interval): \S+$", re.M)
 _RULE_FILE = re.compile(r"^rule_files:\n((?:\s+- \S+\n)+)", re.M)
+#: A Prometheus duration (``5m``, ``1h30m``, ``500ms``), and the milliseconds of each unit.
+_DURATION = r"(?:\d+(?:ms|[smhdwy]))+"
+_UNIT_MS = {
+    "ms": 1,
+    "s": 1000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 7 * 86_400_000,
+    "y": 365 * 86_400_000,
+}
+#: Where durations occur in a rule file: ``for:``, range selectors (and subqueries), offsets.
+_FOR = re.compile(rf"^(\s*(?:for|keep_firing_for):\s*)({_DURATION})[ \t]*$", re.M)
+_RANGE = re.compile(rf"\[({_DURATION})(?::({_DURATION})?)?\]")
+_OFFSET = re.compile(rf"\b(offset\s+-?)({_DURATION})\b")
 
 
 class ConfigError(ValueError):
@@ -73,19 +94,67 @@ def rule_files(source: Path = SOURCE) -> list[Path]:
     return [source.parent / name for name in names if name]
 
 
-def write(folder: Path, ports: Mapping[str, int], *, interval: str | None = None) -> Path:
+def render_rules(source: Path, speedup: int) -> str:
+    """The rule file ``source`` with every duration divided by ``speedup``. For tests only.
+
+    Durations are the ``for:`` (and ``keep_firing_for:``) of each rule, range
+    selectors (``[5m]``, subquery steps too) and ``offset``s: with ``speedup``
+    60, a minute of the rules lasts a second. Nothing else changes, comments
+    included; numbers that are not durations (``> 7 * 86400`` compared with
+    ``time()``) keep their meaning in real seconds. A duration is rounded down
+    to the millisecond, never below 1 ms. Raises `ConfigError` if ``speedup``
+    is below 1.
+    """
+    if speedup < 1:
+        raise ConfigError(f"speedup must be 1 or more, got {speedup}")
+
+    def scaled(duration: str) -> str:
+        ms = sum(int(n) * _UNIT_MS[unit] for n, unit in re.findall(r"(\d+)(ms|[smhdwy])", duration))
+        ms = max(ms // speedup, 1)
+        # In the largest unit that holds it whole, as a person would write it.
+        unit = next(u for u in ("h", "m", "s", "ms") if ms % _UNIT_MS[u] == 0)
+        return f"{ms // _UNIT_MS[unit]}{unit}"
+
+    def selector(match: re.Match[str]) -> str:
+        window, step = match.group(1), match.group(2)
+        if ":" not in match.group(0):
+            return f"[{scaled(window)}]"
+        return f"[{scaled(window)}:{scaled(step) if step else ''}]"
+
+    text = source.read_text(encoding="utf-8")
+    text = _FOR.sub(lambda m: m.group(1) + scaled(m.group(2)), text)
+    text = _RANGE.sub(selector, text)
+    text = _OFFSET.sub(lambda m: m.group(1) + scaled(m.group(2)), text)
+    header = (
+        f"# Generated from {source} with every duration divided by {speedup}, for a test"
+        " that must see alerts fire and clear within seconds; edits are lost.\n"
+    )
+    return header + text
+
+
+def write(
+    folder: Path,
+    ports: Mapping[str, int],
+    *,
+    interval: str | None = None,
+    rule_speedup: int | None = None,
+) -> Path:
     """Write ``prometheus.yml`` (see `render`) into ``folder``; return its path.
 
     Each rule file is linked, not copied, beside it (Prometheus reads rule files
     relative to its config), so a reload (SIGHUP) picks up edits of the project's
-    rules.
+    rules. With ``rule_speedup`` (tests only) each is written sped up instead
+    (see `render_rules`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     for rules in rule_files():
-        link = folder / rules.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(rules)
+        target = folder / rules.name
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if rule_speedup is None:
+            target.symlink_to(rules)
+        else:
+            target.write_text(render_rules(rules, rule_speedup), encoding="utf-8")
     config = folder / "prometheus.yml"
     config.write_text(render(ports, interval=interval), encoding="utf-8")
     return config

@@ -14,6 +14,9 @@ and, where the rule lets it, removes the fault and waits until it clears.
 The gateway publishes to a broker of this module's own (``.stack/test-alerts``
 on free ports), which is crashed and restarted; the session's broker, which
 the consumers read and other modules share, is never touched.
+
+Not here yet: an alert on silent devices (part of the fleet stops sending).
+No rule for it exists; its end-to-end test belongs in this module with it.
 """
 
 from __future__ import annotations
@@ -252,14 +255,16 @@ def test_a_kafka_outage_fires_publish_failures_until_kafka_is_back(
             assert devices.statuses(crashed, time.monotonic()) == {503}
         finally:
             restarted = restarter.submit(start_infra, own_kafka)
+        assert alert["labels"]["severity"] == "critical"
+        cause = alert["labels"]["cause"]
+        summary = f"Gateway answers 503: Kafka does not acknowledge ({cause})"
+        assert alert["annotations"]["summary"] == summary
         back = wait_for(lambda: devices.first(202, after=crashed), timeout_s=RECOVERY_TIMEOUT_S)
         # Refused until Kafka took events again, and alerting all that time.
         assert devices.statuses(crashed, back - 1e-6) == {503}
-        assert prometheus.alerts(name, "firing"), "cleared before Kafka was back"
-        print(
-            f"firing with cause {alert['labels']['cause']}; Kafka took events again "
-            f"{back - crashed:.1f} s after the crash"
-        )
+        causes = sorted(firing["labels"]["cause"] for firing in prometheus.alerts(name, "firing"))
+        assert causes, "cleared before Kafka was back"
+        print(f"Kafka took events again {back - crashed:.1f} s after the crash; firing: {causes}")
         cleared = wait_cleared(prometheus, name, back)
         assert devices.statuses(back, cleared) == {202}
         restarted.result()

@@ -26,8 +26,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import httpx2 as httpx
@@ -188,31 +188,27 @@ def test_a_poison_event_fires_dead_letters_with_its_stream_and_reason(
 
 
 class Devices:
-    """A device posting a meter reading to the gateway every 0.1 s in a thread, while in the block.
+    """What a device posting meter readings to the gateway was answered.
 
     ``answers`` holds ``(monotonic time of the answer, status)`` of each post
     (`NO_ANSWER` when the request failed).
     """
 
-    def __init__(self, gateway: GatewayProcess) -> None:
+    def __init__(self) -> None:
         self.answers: list[tuple[float, int]] = []
-        self._client = httpx.Client(
-            base_url=gateway.url,
-            headers={"Authorization": f"Bearer {gateway.api_key}"},
-            timeout=10,
-        )
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._post, daemon=True)
 
-    def _post(self) -> None:
-        while not self._stop.wait(0.1):
-            reading = {"meterId": "alert-M1", "kwhConsumedAc": 0.1, "voltage": 230}
-            try:
-                response = self._client.post("/v1/ingest", json={**reading, "timestamp": now()})
-            except httpx.HTTPError:
-                self.answers.append((time.monotonic(), NO_ANSWER))
-            else:
-                self.answers.append((time.monotonic(), response.status_code))
+    def post_until(self, gateway: GatewayProcess, stop: threading.Event) -> None:
+        """Post a reading every 0.1 s until ``stop`` is set."""
+        auth = {"Authorization": f"Bearer {gateway.api_key}"}
+        with httpx.Client(base_url=gateway.url, headers=auth, timeout=10) as client:
+            while not stop.wait(0.1):
+                reading = {"meterId": "alert-M1", "kwhConsumedAc": 0.1, "voltage": 230}
+                try:
+                    response = client.post("/v1/ingest", json={**reading, "timestamp": now()})
+                except httpx.HTTPError:
+                    self.answers.append((time.monotonic(), NO_ANSWER))
+                else:
+                    self.answers.append((time.monotonic(), response.status_code))
 
     def statuses(self, start: float, end: float = float("inf")) -> set[int]:
         """The statuses answered between ``start`` and ``end`` (monotonic)."""
@@ -222,19 +218,18 @@ class Devices:
         """When ``status`` was first answered after ``after``; 0.0 (falsy) if it was not yet."""
         return next((at for at, got in self.answers if at > after and got == status), 0.0)
 
-    def __enter__(self) -> Devices:
-        self._thread.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-        self._client.close()
+@contextmanager
+def posting(gateway: GatewayProcess) -> Iterator[Devices]:
+    """Devices posting to ``gateway`` in a thread for the duration of the block."""
+    devices, stop = Devices(), threading.Event()
+    thread = threading.Thread(target=devices.post_until, args=(gateway, stop), daemon=True)
+    thread.start()
+    try:
+        yield devices
+    finally:
+        stop.set()
+        thread.join(timeout=15)
 
 
 def test_a_kafka_outage_fires_publish_failures_until_kafka_is_back(
@@ -245,7 +240,7 @@ def test_a_kafka_outage_fires_publish_failures_until_kafka_is_back(
     assert not prometheus.alerts(name)
 
     # The broker restarts in a thread: the devices keep posting, and this one watching.
-    with Devices(gateway) as devices, ThreadPoolExecutor(1) as restarter:
+    with posting(gateway) as devices, ThreadPoolExecutor(1) as restarter:
         started = time.monotonic()
         wait_for(lambda: devices.first(202, after=started))
         crash_kafka(own_kafka)

@@ -193,8 +193,8 @@ def start_monitored(
     def all_up() -> bool:
         try:
             targets = prometheus.targets()
-        except OSError:
-            return False  # Prometheus not listening yet
+        except httpx.TransportError:
+            return False  # Prometheus not listening yet: the connection is refused
         return len(targets) == len(ports) and all(t["health"] == "up" for t in targets)
 
     wait_for(

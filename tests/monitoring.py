@@ -195,6 +195,8 @@ def start_monitored(
             targets = prometheus.targets()
         except httpx.TransportError:
             return False  # Prometheus not listening yet: the connection is refused
+        except ValueError:
+            return False  # listening, but still starting: its API answers 503 in plain text
         return len(targets) == len(ports) and all(t["health"] == "up" for t in targets)
 
     wait_for(

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field
 
 from analytics_api.errors import InvalidQuery, NotFound
 from analytics_api.export import csv_response, iso, wants_csv
 from analytics_api.queries import FLEET_ORDER
+from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
     UNAVAILABLE,
     DeviceIdPath,
@@ -56,11 +56,7 @@ HOURLY_COLUMNS = (
 )
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class _Energy(_Camel):
+class _Energy(CamelModel):
     total_ac: float
     total_dc: float
     efficiency: float | None
@@ -77,7 +73,7 @@ class FleetItem(_Energy):
     meter_ids: list[str]
 
 
-class FleetPage(_Camel):
+class FleetPage(CamelModel):
     """A page of the fleet view over whole hours ``[from, to)``."""
 
     from_: datetime = Field(alias="from")
@@ -95,7 +91,7 @@ class HourSummary(_Energy):
     hour: datetime
 
 
-class HourlySeries(_Camel):
+class HourlySeries(CamelModel):
     """A vehicle's hours over whole hours ``[from, to)``, empty hours included."""
 
     vehicle_id: str
@@ -112,11 +108,6 @@ def _table(model: type[BaseModel], columns: tuple[str, ...]) -> dict[int | str, 
 
 #: ``from`` / ``to`` of the views over whole hours.
 _HOUR_RULES = window_rules("31 days, widened to whole UTC hours (from down, to up)")
-
-
-def _state(request: Request) -> AnalyticsState:
-    state: AnalyticsState = request.app.state.analytics
-    return state
 
 
 def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[datetime, datetime]:
@@ -161,7 +152,7 @@ async def fleet(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Any:
     """Worst efficiency first by default; ``lowEfficiency=true`` keeps flagged vehicles only."""
-    state = _state(request)
+    state = analytics_state(request)
     if sort not in FLEET_ORDER:
         raise InvalidQuery(
             f"sort must be one of {', '.join(FLEET_ORDER)}",
@@ -198,7 +189,7 @@ async def hourly(
     end: Annotated[TimeQuery, Query(alias="to")] = None,
 ) -> Response | dict[str, Any]:
     """A row per hour of the window (default: the last 24 hours), empty hours included."""
-    state = _state(request)
+    state = analytics_state(request)
     frm, to = _window(state, start, end)
     threshold = state.settings.low_efficiency_threshold
     rows = await state.reader.hourly(vehicle_id, frm, to, threshold)

@@ -13,13 +13,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
 
 from analytics_api.errors import NotFound
 from analytics_api.queries import LinkClaim
+from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import UNAVAILABLE, DeviceIdPath
-from analytics_api.state import AnalyticsState
 from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
@@ -36,11 +34,7 @@ def _responses(what: str) -> dict[int | str, dict[str, Any]]:
     )
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class ClaimRef(_Camel):
+class ClaimRef(CamelModel):
     """Another link claim, by its key."""
 
     vehicle_id: str
@@ -48,7 +42,7 @@ class ClaimRef(_Camel):
     valid_from: datetime
 
 
-class LinkStatus(_Camel):
+class LinkStatus(CamelModel):
     """One link event as stored, its effective interval, and why it is shorter or missing.
 
     ``active``/``ended``: in effect over ``[effectiveFrom, effectiveTo)``
@@ -69,23 +63,18 @@ class LinkStatus(_Camel):
     contested_by: list[ClaimRef]
 
 
-class VehicleLinks(_Camel):
+class VehicleLinks(CamelModel):
     """Every link claim of a vehicle, oldest start first."""
 
     vehicle_id: str
     links: list[LinkStatus]
 
 
-class MeterLinks(_Camel):
+class MeterLinks(CamelModel):
     """Every link claim of a meter, oldest start first."""
 
     meter_id: str
     links: list[LinkStatus]
-
-
-def _state(request: Request) -> AnalyticsState:
-    state: AnalyticsState = request.app.state.analytics
-    return state
 
 
 def _answer(key: str, device_id: str, claims: list[LinkClaim]) -> dict[str, Any]:
@@ -121,7 +110,9 @@ async def vehicle_links(
     request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
 ) -> dict[str, Any]:
     """The vehicle's link claims with their state. 404 for a vehicle never linked."""
-    return _answer("vehicleId", vehicle_id, await _state(request).reader.vehicle_links(vehicle_id))
+    return _answer(
+        "vehicleId", vehicle_id, await analytics_state(request).reader.vehicle_links(vehicle_id)
+    )
 
 
 @router.get(
@@ -135,4 +126,5 @@ async def meter_links(
     request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]
 ) -> dict[str, Any]:
     """The meter's link claims with their state. 404 for a meter never linked."""
-    return _answer("meterId", meter_id, await _state(request).reader.meter_links(meter_id))
+    claims = await analytics_state(request).reader.meter_links(meter_id)
+    return _answer("meterId", meter_id, claims)

@@ -6,11 +6,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from analytics_api.errors import NotFound
-from analytics_api.state import AnalyticsState
+from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_window
 from schemas.events import DEVICE_ID_PATTERN, MAX_ID_LENGTH
@@ -49,11 +48,7 @@ def window_rules(maximum: str) -> str:
     )
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class PerformanceSummary(_Camel):
+class PerformanceSummary(CamelModel):
     """A vehicle's energy over ``[from, to)``; efficiency = totalDc / totalAc."""
 
     vehicle_id: str
@@ -70,7 +65,7 @@ class PerformanceSummary(_Camel):
     meter_readings: int
 
 
-class VehicleLive(_Camel):
+class VehicleLive(CamelModel):
     """The newest reading of a vehicle (by device timestamp)."""
 
     vehicle_id: str
@@ -81,7 +76,7 @@ class VehicleLive(_Camel):
     updated_at: datetime
 
 
-class MeterLive(_Camel):
+class MeterLive(CamelModel):
     """The newest reading of a meter (by device timestamp)."""
 
     meter_id: str
@@ -89,11 +84,6 @@ class MeterLive(_Camel):
     voltage: float
     timestamp: datetime
     updated_at: datetime
-
-
-def _state(request: Request) -> AnalyticsState:
-    state: AnalyticsState = request.app.state.analytics
-    return state
 
 
 @router.get(
@@ -116,7 +106,7 @@ async def performance(
     link's validity. ``efficiency`` is null when AC is 0; ``lowEfficiency``
     says whether it is below the configured threshold.
     """
-    state = _state(request)
+    state = analytics_state(request)
     settings = state.settings
     frm, to = resolve_window(
         start,
@@ -150,7 +140,7 @@ async def vehicle_live(
     request: Request, vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")]
 ) -> dict[str, Any]:
     """The vehicle's newest reading. 404 for a vehicle never seen."""
-    row = await _state(request).reader.vehicle_live(vehicle_id)
+    row = await analytics_state(request).reader.vehicle_live(vehicle_id)
     if row is None:
         raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
     return {
@@ -174,7 +164,7 @@ async def meter_live(
     request: Request, meter_id: Annotated[DeviceIdPath, Path(alias="meterId")]
 ) -> dict[str, Any]:
     """The meter's newest reading. 404 for a meter never seen."""
-    row = await _state(request).reader.meter_live(meter_id)
+    row = await analytics_state(request).reader.meter_live(meter_id)
     if row is None:
         raise NotFound(f"meter {meter_id!r} has never been seen")
     return {

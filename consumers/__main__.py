@@ -49,20 +49,6 @@ async def run_worker(
     health = health or Health(
         settings.database_url.get_secret_value(), settings.readiness_timeout_s, "connecting"
     )
-    try:
-        await _run_worker(settings, stream, stop, topic, group_id, health)
-    finally:
-        health.kafka = "stopped"
-
-
-async def _run_worker(
-    settings: ConsumerSettings,
-    stream: Stream,
-    stop: asyncio.Event,
-    topic: str,
-    group_id: str,
-    health: Health,
-) -> None:
     clients = await _connect_kafka(settings, stream, group_id, stop)
     if clients is None:
         log.info("stopped before Kafka was reachable")
@@ -183,7 +169,10 @@ async def _main_async(settings: ConsumerSettings, stream: Stream, health: Health
         group_membership(settings, stream, stop),
         dead_letter_age_probe(settings, stream, stop),
     ):
-        await run_worker(settings, stream, stop, health)
+        try:
+            await run_worker(settings, stream, stop, health)
+        finally:
+            health.kafka = "stopped"
 
 
 def _positive_seconds(text: str) -> float:

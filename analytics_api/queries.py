@@ -36,7 +36,8 @@ PLANNER_OPTIONS = "-c plan_cache_mode=force_generic_plan -c jit=off -c work_mem=
 # history).
 PERFORMANCE_SQL = """
 WITH ac AS (
-    SELECT l.meter_id, sum(t.readings) AS readings, sum(t.kwh) AS total
+    SELECT l.meter_id, sum(t.readings) AS readings, sum(t.kwh) AS total,
+           sum(t.resets) AS resets, sum(t.jumps) AS jumps
     FROM vehicle_meter_links l
     CROSS JOIN LATERAL energy_meter_totals(
         l.meter_id,
@@ -52,14 +53,17 @@ WITH ac AS (
 ), ac_total AS (
     SELECT coalesce(array_agg(meter_id ORDER BY meter_id), '{}') AS meter_ids,
            coalesce(sum(readings), 0)::bigint AS ac_readings,
-           coalesce(sum(total), 0) AS total_ac
+           coalesce(sum(total), 0) AS total_ac,
+           coalesce(sum(resets), 0)::bigint AS meter_resets,
+           coalesce(sum(jumps), 0)::bigint AS meter_jumps
     FROM ac
 )
 SELECT (EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle_id)s)
         OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle_id)s)) AS known,
        dc.readings AS dc_readings, dc.kwh AS total_dc,
        dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
-       a.meter_ids, a.ac_readings, a.total_ac, e.efficiency, e.low_efficiency
+       a.meter_ids, a.ac_readings, a.total_ac, e.efficiency, e.low_efficiency,
+       dc.resets AS vehicle_resets, dc.jumps AS vehicle_jumps, a.meter_resets, a.meter_jumps
 FROM energy_vehicle_totals(%(vehicle_id)s, %(from)s, %(to)s) dc
 CROSS JOIN ac_total a
 CROSS JOIN LATERAL energy_efficiency(dc.kwh, a.total_ac, %(threshold)s) e
@@ -236,12 +240,12 @@ VEHICLE_LINKS_SQL = LINK_CLAIMS_SQL.replace("{device}", "c.vehicle_id")
 METER_LINKS_SQL = LINK_CLAIMS_SQL.replace("{device}", "c.meter_id")
 
 VEHICLE_LIVE_SQL = """
-SELECT vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp, updated_at
+SELECT vehicle_id, recorded_at, soc, kwh_delivered_dc, kwh_register_dc, battery_temp, updated_at
 FROM vehicle_live_status WHERE vehicle_id = %s
 """
 
 METER_LIVE_SQL = """
-SELECT meter_id, recorded_at, kwh_consumed_ac, voltage, updated_at
+SELECT meter_id, recorded_at, kwh_consumed_ac, kwh_register_ac, voltage, updated_at
 FROM meter_live_status WHERE meter_id = %s
 """
 
@@ -266,10 +270,18 @@ class Energy:
 
 @dataclass(frozen=True, slots=True)
 class Performance(Energy):
-    """One vehicle over one window; ``known`` is whether it was ever seen."""
+    """One vehicle over one window; ``known`` is whether it was ever seen.
+
+    The register counts: readings of the vehicle, and of its meters inside
+    their links, noted as resets and as implausible jumps (sql/0010).
+    """
 
     known: bool
     meter_ids: list[str]
+    vehicle_resets: int
+    vehicle_jumps: int
+    meter_resets: int
+    meter_jumps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +307,8 @@ class VehicleReading:
     vehicle_id: str
     recorded_at: datetime
     soc: float
-    kwh_delivered_dc: float
+    kwh_delivered_dc: float | None
+    kwh_register_dc: float | None
     battery_temp: float
     updated_at: datetime
 
@@ -306,8 +319,9 @@ class MeterReading:
 
     meter_id: str
     recorded_at: datetime
-    kwh_consumed_ac: float
-    voltage: float
+    kwh_consumed_ac: float | None
+    kwh_register_ac: float | None
+    voltage: float | None
     updated_at: datetime
 
 

@@ -64,7 +64,7 @@ async def run_worker(
                 settings,
                 stream,
                 consumer,
-                sink_for(stream, db),
+                sink_for(stream, db, settings.register_rules()),
                 DeadLetterPublisher(producer, group_id),
                 stop,
             )

@@ -24,7 +24,14 @@ from aiokafka import TopicPartition
 
 from consumers.dlq import Poison
 from consumers.tables import READING_TABLES, ReadingTable, Row
-from schemas import InvalidEvent, Stream, ValidationLimits, VehicleMeterLink, decode_event
+from schemas import (
+    DeviceReplacement,
+    InvalidEvent,
+    Stream,
+    ValidationLimits,
+    VehicleMeterLink,
+    decode_event,
+)
 
 T = TypeVar("T")
 
@@ -69,8 +76,8 @@ class Batch:
     offsets: dict[TopicPartition, int]
     #: History rows of a reading stream.
     readings: list[Entry[Row]] = field(default_factory=list)
-    #: Link events of the links stream.
-    links: list[Entry[VehicleMeterLink]] = field(default_factory=list)
+    #: Events of the links stream: links, and device replacements.
+    links: list[Entry[VehicleMeterLink | DeviceReplacement]] = field(default_factory=list)
     #: Records that can never be stored, with why.
     poison: list[Poison] = field(default_factory=list)
     #: Number of records polled.
@@ -149,7 +156,7 @@ class Batch:
                 except InvalidEvent as exc:
                     self.poison.append(Poison.of(record, exc.error_class, exc.reason))
                     continue
-                assert isinstance(link, VehicleMeterLink)  # noqa: S101 -- the links stream decodes links
+                assert isinstance(link, VehicleMeterLink | DeviceReplacement)  # noqa: S101 -- the links stream's events
                 self.links.append((link, record))
 
     def only(self, partitions: Collection[TopicPartition]) -> Batch:

@@ -25,6 +25,12 @@ constraints on the vehicle and on the meter side are the safety net: a meter
 serves at most one vehicle at any instant, so its energy is never counted
 twice. Only what the database refuses as invalid is dead-lettered.
 
+Device replacements (:class:`schemas.DeviceReplacement`) travel on the same
+topic: each new one is stored and the replaced device's first reading at or
+after it is counted again (:meth:`consumers.registers.RegisterBook.recount`),
+under a lock on the device's live status table that readings of that stream
+wait for (a replacement is rare; its transaction is short).
+
 One batch, one transaction, in this order::
 
     lock -> count contested -> add claims -> recompute the effective links of
@@ -46,12 +52,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from consumers.batch import Batch, Entry
 from consumers.connection import WriterConnection, in_transaction
+from consumers.readings import add_to_rollup
+from consumers.registers import RegisterBook, RegisterRules
 from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
-from schemas import VehicleMeterLink
+from consumers.tables import READING_TABLES
+from schemas import DeviceReplacement, VehicleMeterLink
 
 #: Arbitrary constant naming the advisory lock every link transaction holds
 #: until it ends ("links" in ASCII).
@@ -77,19 +86,31 @@ _COUNT_CONTESTED = "SELECT count(*) FROM energy_link_claims_of(%s, %s) WHERE con
 
 _APPLY = "SELECT energy_apply_link_claims(%s, %s)"
 
+# New replacements (a repeat is dropped); RETURNING gives the new ones.
+_ADD_REPLACEMENTS = """
+INSERT INTO device_replacements (stream, device_id, replaced_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING stream, device_id, replaced_at
+"""
+
 
 class LinkSink:
     """Keeps link events as claims and the effective links equal to the rule over them."""
 
-    def __init__(self, db: WriterConnection) -> None:
+    def __init__(self, db: WriterConnection, rules: RegisterRules | None = None) -> None:
         self._db = db
+        rules = rules or RegisterRules()
+        self._books = {
+            stream.value: RegisterBook(table, rules) for stream, table in READING_TABLES.items()
+        }
 
     async def write(self, batch: Batch) -> WriteResult:
         """Apply the batch's links; see :meth:`store`."""
         return await self._db.run(lambda conn: self.store(conn, batch.links))
 
     async def store(
-        self, conn: AsyncConnection, links: Sequence[Entry[VehicleMeterLink]]
+        self, conn: AsyncConnection, events: Sequence[Entry[VehicleMeterLink | DeviceReplacement]]
     ) -> WriteResult:
         """Add ``links`` as claims and recompute what they touch, in one transaction.
 
@@ -97,22 +118,52 @@ class LinkSink:
         that are new or whose end moved earlier, ``duplicates`` the events that
         changed nothing, ``contested`` the claims that became contested. A
         claim the database refuses as invalid is rejected with its reason
-        while the rest is stored. Raises :class:`SinkUnavailable`; safe to retry.
+        while the rest is stored. Replacements count as inserted when new.
+        Raises :class:`SinkUnavailable`; safe to retry.
         """
-        if not links:
+        links = [(e, s) for e, s in events if isinstance(e, VehicleMeterLink)]
+        swaps = [e for e, _ in events if isinstance(e, DeviceReplacement)]
+        if not links and not swaps:
             return WriteResult()
 
         async def work() -> WriteResult:
+            replaced = await self._replace(conn, swaps)
+            if not links:
+                return WriteResult(replaced, len(swaps) - replaced)
             await conn.execute(_LOCK, (LINKS_LOCK_KEY,))
             touched = _ids(link for link, _ in links)
             before = await _count_contested(conn, touched)
             changed, rejected = await self._add_claims(conn, links)
             await conn.execute(_APPLY, touched)
             after = await _count_contested(conn, touched)
-            duplicates = len(links) - len(rejected) - changed
-            return WriteResult(changed, duplicates, rejected, contested=after - before)
+            duplicates = len(events) - len(rejected) - changed - replaced
+            return WriteResult(changed + replaced, duplicates, rejected, contested=after - before)
 
         return await in_transaction(conn, work)
+
+    async def _replace(self, conn: AsyncConnection, swaps: Sequence[DeviceReplacement]) -> int:
+        """Store new replacements and recount the reading each one reaches; how many were new."""
+        if not swaps:
+            return 0
+        columns = (
+            [s.stream for s in swaps],
+            [s.device_id for s in swaps],
+            [s.replaced_at for s in swaps],
+        )
+        cur = await conn.execute(_ADD_REPLACEMENTS, columns)
+        new = await cur.fetchall()
+        for stream in sorted({row[0] for row in new}):
+            book = self._books[stream]
+            # Readings of the stream wait while its readings are recounted.
+            await conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                    sql.Identifier(book.table.live)
+                )
+            )
+            keys = [(device, book.before(at)) for s, device, at in new if s == stream]
+            adjustments = await book.recount(conn, keys)
+            await add_to_rollup(conn, book.table, (), adjustments)
+        return len(new)
 
     async def _add_claims(
         self, conn: AsyncConnection, links: Sequence[Entry[VehicleMeterLink]]

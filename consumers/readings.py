@@ -2,6 +2,9 @@
 
 Each write is ONE transaction. Inside it:
 
+0. live status is upserted from the newest reading per device, which locks
+   the batch's devices and tells which readings are late; register readings
+   get their energy (:mod:`consumers.registers`);
 1. history gets a straight binary COPY (the fast path); if any row is already
    stored or repeats within the batch, a unique violation rolls back to a
    savepoint and the first occurrences go through a staging table with
@@ -10,9 +13,14 @@ Each write is ONE transaction. Inside it:
    invalid: the day's partition is created and the batch written again;
    a row the database refuses as invalid is isolated by bisection inside
    savepoints and reported as rejected, while the rest of the batch is written;
-3. the hourly rollups get the counts and sums of the rows actually inserted
-   (a replayed row was not inserted, so it is never counted twice);
-4. live status is upserted from the newest reading per device.
+3. late register readings that were inserted, and the readings after them,
+   are counted again from history;
+4. the hourly rollups get the counts and sums of the rows actually inserted
+   (a replayed row was not inserted, so it is never counted twice), and the
+   changes of step 3.
+
+A row the database refuses rolls the transaction back, and the batch is
+written again without it: live status never shows a refused reading.
 
 Transient failures (connection lost, server restarting, serialization or
 deadlock, statement timeout) raise :class:`SinkUnavailable`: nothing was
@@ -26,6 +34,7 @@ import logging
 import operator
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from psycopg import AsyncConnection, errors, sql
@@ -34,13 +43,17 @@ from consumers import metrics
 from consumers.batch import Batch, Entry
 from consumers.connection import WriterConnection, in_transaction
 from consumers.errors import MissingPartition
+from consumers.registers import Adjustment, Note, RegisterBook, RegisterRules
 from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
-from consumers.tables import ReadingTable, Row, row_key
+from consumers.tables import READING_TABLES, ReadingTable, Row, row_key
 
 log = logging.getLogger(__name__)
 
 #: Creates one day's history partition, a no-op when it exists (sql/0004).
 _ENSURE_PARTITION = "SELECT energy_ensure_partition(%s, %s)"
+
+#: The rollup upsert of each reading stream.
+_ROLLUPS = {table.stream: table.upsert_rollup() for table in READING_TABLES.values()}
 
 #: The event of an entry (at C speed, for whole batches).
 _value = operator.itemgetter(0)
@@ -49,15 +62,16 @@ _value = operator.itemgetter(0)
 class ReadingSink:
     """Writes batches of one reading stream into its history, rollup and live tables."""
 
-    def __init__(self, table: ReadingTable, db: WriterConnection) -> None:
+    def __init__(
+        self, table: ReadingTable, db: WriterConnection, rules: RegisterRules | None = None
+    ) -> None:
         self.table = table
         self._db = db
+        self.registers = RegisterBook(table, rules or RegisterRules())
         self._copy = table.copy_history()
         self._copy_staging = table.copy_history(table.staging)
         self._create_staging = table.create_staging()
         self._merge = table.merge_staging()
-        self._upsert = table.upsert_live()
-        self._rollup = table.upsert_rollup()
 
     async def write(self, batch: Batch) -> WriteResult:
         """Store the batch's readings; see :meth:`store`.
@@ -93,21 +107,36 @@ class ReadingSink:
         Safe to retry: a replayed batch inserts nothing twice and leaves live
         status unchanged. Raises :class:`SinkUnavailable`.
         """
+        rejected: list[Rejected] = []
+        while True:
+            try:
+                result = await in_transaction(conn, partial(self._store_once, conn, entries))
+            except _Refused as refused:
+                gone = {id(entry) for entry, _ in refused.entries}
+                entries = [e for e in entries if id(e) not in gone]
+                rejected += [Rejected(e[1], "database", why) for e, why in refused.entries]
+                continue
+            result.rejected = rejected
+            return result
 
-        async def work() -> WriteResult:
-            inserted, refused = await self._insert(conn, entries)
-            await self._add_to_rollup(conn, inserted)
-            stored = entries
-            if refused:
-                gone = {id(entry) for entry, _ in refused}
-                stored = [e for e in entries if id(e) not in gone]
-            # Repeats within the batch and rows stored before were not inserted;
-            # live status takes the first of equal timestamps, as history did.
-            await self._upsert_live(conn, list(map(_value, stored)))
-            rejected = [Rejected(entry[1], "database", reason) for entry, reason in refused]
-            return WriteResult(len(inserted), len(stored) - len(inserted), rejected)
-
-        return await in_transaction(conn, work)
+    async def _store_once(
+        self, conn: AsyncConnection, entries: Sequence[Entry[Row]]
+    ) -> WriteResult:
+        rows = list(map(_value, entries))
+        live = await self.registers.upsert_live(conn, rows)
+        counted, late = await self.registers.count_new(conn, rows, live)
+        staged = [(row, entry[1]) for row, entry in zip(counted, entries, strict=True)]
+        inserted, refused = await self._insert(conn, staged)
+        if refused:
+            by_row = {id(row): entry for row, entry in zip(counted, entries, strict=True)}
+            raise _Refused([(by_row[id(e[0])], why) for e, why in refused])
+        adjustments: list[Adjustment] = []
+        if late:
+            new = {row_key(row) for row in inserted}
+            adjustments = await self.registers.recount(conn, (k for k in late if k in new))
+        await add_to_rollup(conn, self.table, inserted, adjustments)
+        # Repeats within the batch and rows stored before were not inserted.
+        return WriteResult(len(inserted), len(entries) - len(inserted))
 
     async def _insert(
         self, conn: AsyncConnection, entries: Sequence[Entry[Row]]
@@ -148,15 +177,6 @@ class ReadingSink:
         await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table.staging)))
         return inserted
 
-    async def _add_to_rollup(self, conn: AsyncConnection, inserted: list[Row]) -> None:
-        deltas = hourly_deltas(inserted, self.table.rollup_sums)
-        if not deltas:
-            return
-        # Sorted by key, so concurrent writers lock rollup rows in one order.
-        deltas.sort(key=lambda row: (row[0], row[1]))
-        columns = [list(col) for col in zip(*deltas, strict=True)]
-        await conn.execute(self._rollup, columns)
-
     async def _copy_rows(
         self, conn: AsyncConnection, statement: sql.Composed, rows: list[Row]
     ) -> None:
@@ -165,21 +185,36 @@ class ReadingSink:
             for row in rows:
                 await copy.write_row(row)
 
-    async def _upsert_live(self, conn: AsyncConnection, rows: list[Row]) -> None:
-        newest = coalesce_latest(rows)
-        if not newest:
-            return
-        # Sorted by device id, so concurrent writers lock rows in one order.
-        newest.sort(key=lambda row: row[0])
-        columns = [list(col) for col in zip(*newest, strict=True)]
-        await conn.execute(self._upsert, columns)
+
+async def add_to_rollup(
+    conn: AsyncConnection,
+    table: ReadingTable,
+    inserted: Sequence[Row],
+    adjustments: Sequence[Adjustment] = (),
+) -> None:
+    """Add the inserted history rows, and recounted energies, to ``table``'s hourly rollup."""
+    deltas = hourly_deltas(inserted, table.rollup_sums, adjustments)
+    if not deltas:
+        return
+    # Sorted by key, so concurrent writers lock rollup rows in one order.
+    deltas.sort(key=lambda row: (row[0], row[1]))
+    columns = [list(col) for col in zip(*deltas, strict=True)]
+    await conn.execute(_ROLLUPS[table.stream], columns)
 
 
-def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> list[Row]:
-    """Per (device, UTC hour): the hour, the number of rows, and each summed value."""
+def hourly_deltas(
+    rows: Sequence[Row],
+    sums: tuple[tuple[str, int], ...],
+    adjustments: Sequence[Adjustment] = (),
+) -> list[Row]:
+    """Per (device, UTC hour): the hour, the number of rows, each summed value, and
+    the resets and jumps among them (a history row ends with its register note);
+    then ``adjustments`` (recounted energies: the first sum, resets, jumps) added.
+    """
     acc: dict[tuple[str, int], list[float]] = {}
     summed = _values_at([index for _, index in sums])
     width = len(sums)
+    resets, jumps = width + 1, width + 2
     # Heartbeats of one minute share their timestamp: find each one's hour once.
     hours: dict[datetime, int] = {}
     for row in rows:
@@ -191,18 +226,30 @@ def hourly_deltas(rows: Sequence[Row], sums: tuple[tuple[str, int], ...]) -> lis
         values = summed(row)
         slot = acc.get(key)
         if slot is None:
-            acc[key] = [1, *values]
+            slot = acc[key] = [1, *values, 0, 0]
         else:
             slot[0] += 1
             for n in range(width):
                 slot[n + 1] += values[n]
+        note = row[-1]
+        if note is not None:
+            slot[resets] += note == Note.RESET
+            slot[jumps] += note == Note.JUMP
+    for device, at, kwh, reset, jump in adjustments:
+        key = (device, int(at.timestamp()) // 3600)
+        slot = acc.get(key)
+        if slot is None:
+            slot = acc[key] = [0, *([0.0] * width), 0, 0]
+        slot[1] += kwh
+        slot[resets] += reset
+        slot[jumps] += jump
     hour_start: dict[int, datetime] = {}
     deltas: list[Row] = []
     for (device, hour), slot in acc.items():
         start = hour_start.get(hour)
         if start is None:
             start = hour_start[hour] = datetime.fromtimestamp(hour * 3600, UTC)
-        deltas.append((device, start, int(slot[0]), *slot[1:]))
+        deltas.append((device, start, int(slot[0]), *slot[1 : width + 1], *map(int, slot[resets:])))
     return deltas
 
 
@@ -240,3 +287,11 @@ def first_occurrences(rows: Sequence[Row]) -> list[Row]:
             seen.add(key)
             unique.append(row)
     return unique
+
+
+class _Refused(Exception):
+    """Rows the database refused: the transaction rolls back, the batch goes again without."""
+
+    def __init__(self, entries: list[tuple[Entry[Row], str]]) -> None:
+        super().__init__(f"{len(entries)} row(s) refused")
+        self.entries = entries

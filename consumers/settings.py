@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.partitions import RETENTION_FLOOR_DAYS, RetentionPolicy
+from consumers.registers import RegisterRules, ResetRule
 from schemas.settings import TopicSettings, ValidationSettings
 
 
@@ -66,6 +67,14 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     #: (see :mod:`consumers.dlq_age`).
     dlq_probe_interval_s: float = Field(default=60.0, ge=1, le=86_400)
 
+    #: Register readings (see :mod:`consumers.registers`): the most power a
+    #: device can draw or store, kW (an increase above it times the time
+    #: elapsed is an implausible jump, not counted), and what a register that
+    #: went down counts: ``restart`` (it restarted at 0: its new value, if
+    #: plausible) or ``discard`` (0). Applied when a reading is written.
+    register_max_kw: float = Field(default=350.0, gt=0, le=100_000)
+    register_reset_rule: ResetRule = ResetRule.RESTART
+
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     #: How long ``/readyz`` waits for PostgreSQL to answer before saying it is unreachable.
@@ -81,6 +90,10 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
                 "Set CONSUMER_ALLOW_SHORT_RETENTION=true to confirm"
             )
         return self
+
+    def register_rules(self) -> RegisterRules:
+        """How register readings are counted."""
+        return RegisterRules(max_kw=self.register_max_kw, reset=self.register_reset_rule)
 
     def retention_policy(self) -> RetentionPolicy:
         """What partition maintenance keeps, creates and may drop."""

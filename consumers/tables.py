@@ -36,11 +36,20 @@ class ReadingTable:
     rollup: str
     #: Rollup sum columns and the index, in a history row, of the value each sums.
     rollup_sums: tuple[tuple[str, int], ...]
+    #: Indexes, in a row, of the interval energy and of the register (see
+    #: :mod:`consumers.registers`); a history row ends with the register note.
+    energy_index: int
+    register_index: int
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """History/live columns in COPY order: key, recorded_at, values."""
+        """Live-status columns, and a decoded row's: key, recorded_at, values."""
         return (self.key, "recorded_at", *self.values)
+
+    @property
+    def history_columns(self) -> tuple[str, ...]:
+        """History columns in COPY order: a decoded row's, then the register note."""
+        return (*self.columns, "register_note")
 
     def decoder(self, limits: ValidationLimits) -> RowDecoder:
         """Record value -> history row, under ``limits`` (build one per batch)."""
@@ -50,7 +59,7 @@ class ReadingTable:
         """``COPY <history> (...) FROM STDIN (FORMAT BINARY)``."""
         return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(table or self.history),
-            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            sql.SQL(", ").join(map(sql.Identifier, self.history_columns)),
         )
 
     def create_staging(self) -> sql.Composed:
@@ -66,7 +75,7 @@ class ReadingTable:
 
     def merge_staging(self) -> sql.Composed:
         """Move staged rows into history, dropping those already there (first write wins)."""
-        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.history_columns))
         return sql.SQL(
             "INSERT INTO {history} ({cols}) SELECT {cols} FROM {staging} "
             "ON CONFLICT DO NOTHING RETURNING {cols}"
@@ -75,10 +84,14 @@ class ReadingTable:
         )
 
     def upsert_rollup(self) -> sql.Composed:
-        """Add per-hour counts and sums (from parallel arrays) to the hourly rollup."""
+        """Add per-hour counts and sums (from parallel arrays) to the hourly rollup.
+
+        The arrays: device, hour, readings, each sum, resets, jumps. Deltas may
+        be negative (a late reading changed the energy of the one after it).
+        """
         sums = [name for name, _ in self.rollup_sums]
-        cols = [self.key, "hour", "readings", *sums]
-        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums))]
+        cols = [self.key, "hour", "readings", *sums, "resets", "jumps"]
+        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums)), "int4", "int4"]
         return sql.SQL(
             "INSERT INTO {rollup} AS r ({cols}) SELECT * FROM unnest({arrays}) "
             "ON CONFLICT ({key}, hour) DO UPDATE SET {adds}"
@@ -89,7 +102,7 @@ class ReadingTable:
             key=sql.Identifier(self.key),
             adds=sql.SQL(", ").join(
                 sql.SQL("{c} = r.{c} + EXCLUDED.{c}").format(c=sql.Identifier(c))
-                for c in ("readings", *sums)
+                for c in ("readings", *sums, "resets", "jumps")
             ),
         )
 
@@ -124,7 +137,7 @@ class ReadingTable:
     @property
     def copy_types(self) -> list[str]:
         """PostgreSQL type names of the COPY columns, for binary COPY."""
-        return ["text", "timestamptz", *self.pg_types]
+        return ["text", "timestamptz", *self.pg_types, "text"]
 
 
 METER_TABLE = ReadingTable(
@@ -132,11 +145,13 @@ METER_TABLE = ReadingTable(
     history="meter_readings_history",
     live="meter_live_status",
     key="meter_id",
-    values=("kwh_consumed_ac", "voltage"),
-    pg_types=("float8", "float8"),
-    fields=("meter_id", "timestamp", "kwh_consumed_ac", "voltage"),
+    values=("kwh_consumed_ac", "voltage", "kwh_register_ac"),
+    pg_types=("float8", "float8", "float8"),
+    fields=("meter_id", "timestamp", "kwh_consumed_ac", "voltage", "kwh_register_ac"),
     rollup="meter_hourly_rollup",
     rollup_sums=(("kwh_consumed_ac", 2),),
+    energy_index=2,
+    register_index=4,
 )
 
 VEHICLE_TABLE = ReadingTable(
@@ -144,11 +159,20 @@ VEHICLE_TABLE = ReadingTable(
     history="vehicle_readings_history",
     live="vehicle_live_status",
     key="vehicle_id",
-    values=("soc", "kwh_delivered_dc", "battery_temp"),
-    pg_types=("float8", "float8", "float8"),
-    fields=("vehicle_id", "timestamp", "soc", "kwh_delivered_dc", "battery_temp"),
+    values=("soc", "kwh_delivered_dc", "battery_temp", "kwh_register_dc"),
+    pg_types=("float8", "float8", "float8", "float8"),
+    fields=(
+        "vehicle_id",
+        "timestamp",
+        "soc",
+        "kwh_delivered_dc",
+        "battery_temp",
+        "kwh_register_dc",
+    ),
     rollup="vehicle_hourly_rollup",
     rollup_sums=(("kwh_delivered_dc", 3), ("battery_temp_sum", 4)),
+    energy_index=3,
+    register_index=5,
 )
 
 READING_TABLES = {Stream.METER: METER_TABLE, Stream.VEHICLE: VEHICLE_TABLE}

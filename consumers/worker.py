@@ -32,6 +32,7 @@ from consumers.dlq import DeadLetterPublisher, Poison
 from consumers.errors import BatchAbandoned, ConsumerError
 from consumers.links import LinkSink
 from consumers.readings import ReadingSink
+from consumers.registers import RegisterRules
 from consumers.settings import ConsumerSettings
 from consumers.sink import Sink, WriteResult
 from consumers.tables import READING_TABLES
@@ -46,10 +47,14 @@ RETRY_CAUSES = ("postgresql", "kafka", "kafka-commit")
 COMMIT_VISIBILITY_TIMEOUT_S = 30.0
 
 
-def sink_for(stream: Stream, db: WriterConnection) -> Sink:
-    """The sink of ``stream``: readings into their tables, or links."""
+def sink_for(stream: Stream, db: WriterConnection, rules: RegisterRules | None = None) -> Sink:
+    """The sink of ``stream``: readings into their tables, or links (and replacements).
+
+    ``rules`` count register readings (default: :class:`RegisterRules`'s).
+    """
+    rules = rules or RegisterRules()
     table = READING_TABLES.get(stream)
-    return LinkSink(db) if table is None else ReadingSink(table, db)
+    return LinkSink(db, rules) if table is None else ReadingSink(table, db, rules)
 
 
 def group_generation(consumer: AIOKafkaConsumer) -> int:

@@ -33,6 +33,7 @@ from schemas import (
     canonical_json,
     link_from_obj,
     reading_from_obj,
+    replacement_from_obj,
 )
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -250,6 +251,25 @@ def reading_message(
         key=event.device_id.encode(),
         value=canonical_json(event),
         stream=stream.value,
+    )
+
+
+def replacement_message(
+    obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits
+) -> Message:
+    """Validate one device replacement (sent on the links topic). Raises
+    :class:`InvalidPayload` naming each failing field."""
+    try:
+        event = replacement_from_obj(obj, limits, raw=raw)
+    except InvalidEvent as exc:
+        raise InvalidPayload(
+            f"replacement failed validation: {exc.reason}", [dict(e) for e in exc.errors]
+        ).holding(1) from None
+    return Message(
+        topic=topics.links,
+        key=event.device_id.encode(),
+        value=canonical_json(event),
+        stream=Stream.LINKS.value,
     )
 
 

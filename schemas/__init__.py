@@ -14,9 +14,16 @@ from schemas.decode import (
     link_from_obj,
     parse_json,
     reading_from_obj,
+    replacement_from_obj,
     stream_of,
 )
-from schemas.events import MeterReading, Reading, VehicleMeterLink, VehicleReading
+from schemas.events import (
+    DeviceReplacement,
+    MeterReading,
+    Reading,
+    VehicleMeterLink,
+    VehicleReading,
+)
 from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 from schemas.topics import (
     DEFAULT_PARTITIONS,
@@ -40,6 +47,7 @@ __all__ = [
     "DLQ_HEADER_PARTITION",
     "DLQ_HEADER_REASON",
     "DLQ_HEADER_TOPIC",
+    "DeviceReplacement",
     "FieldError",
     "InvalidEvent",
     "MeterReading",
@@ -56,5 +64,6 @@ __all__ = [
     "link_from_obj",
     "parse_json",
     "reading_from_obj",
+    "replacement_from_obj",
     "stream_of",
 ]

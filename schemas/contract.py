@@ -22,6 +22,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from schemas.events import (
+    DeviceReplacement,
     MeterReading,
     VehicleMeterLink,
     VehicleReading,
@@ -44,6 +45,7 @@ SCHEMA_FILES: dict[type[BaseModel], str] = {
     MeterReading: "meter-reading.v1.schema.json",
     VehicleReading: "vehicle-reading.v1.schema.json",
     VehicleMeterLink: "vehicle-meter-link.v1.schema.json",
+    DeviceReplacement: "device-replacement.v1.schema.json",
 }
 
 #: Rules across fields, which JSON Schema cannot state: said in the model's description.
@@ -145,8 +147,8 @@ def file_schema(model: type[BaseModel]) -> JsonSchemaValue:
 def openapi_schemas(limits: ValidationLimits, max_batch_events: int) -> dict[str, JsonSchemaValue]:
     """Component schemas of the events for an OpenAPI document, validated under ``limits``.
 
-    ``MeterReading``, ``VehicleReading``, ``VehicleMeterLink`` (each linking to
-    its JSON Schema file in ``externalDocs``), ``Reading`` (either reading) and
+    ``MeterReading``, ``VehicleReading``, ``VehicleMeterLink``, ``DeviceReplacement``
+    (each linking to its JSON Schema file in ``externalDocs``), ``Reading`` (either reading) and
     ``ReadingBatch`` (1 to ``max_batch_events`` readings).
     """
     components: dict[str, JsonSchemaValue] = {}

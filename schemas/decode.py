@@ -14,7 +14,13 @@ from typing import Any, ClassVar, TypedDict
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from schemas.events import MeterReading, Reading, VehicleMeterLink, VehicleReading
+from schemas.events import (
+    DeviceReplacement,
+    MeterReading,
+    Reading,
+    VehicleMeterLink,
+    VehicleReading,
+)
 from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 from schemas.topics import Stream
 
@@ -140,7 +146,7 @@ def _quotes_of(event: BaseModel) -> int:
 #: Each model's field names to its wire names: either spelling names one key.
 _ALIASES: dict[type[BaseModel], dict[str, str]] = {
     model: {name: info.alias or name for name, info in model.model_fields.items()}
-    for model in (MeterReading, VehicleReading, VehicleMeterLink)
+    for model in (MeterReading, VehicleReading, VehicleMeterLink, DeviceReplacement)
 }
 
 
@@ -186,7 +192,7 @@ def _may_repeat_keys(text: bytes, obj: dict[str, Any], names: Mapping[str, str])
 
 
 def _validated(
-    model: type[Reading] | type[VehicleMeterLink],
+    model: type[Reading] | type[VehicleMeterLink] | type[DeviceReplacement],
     text: bytes,
     limits: ValidationLimits,
     obj: dict[str, Any],
@@ -239,7 +245,20 @@ def link_from_obj(
     return link
 
 
-def canonical_json(event: Reading | VehicleMeterLink) -> bytes:
+def replacement_from_obj(
+    obj: Any, limits: ValidationLimits = DEFAULT_LIMITS, raw: bytes | None = None
+) -> DeviceReplacement:
+    """Validate a parsed JSON object as a device replacement (on the links topic).
+
+    Raises :class:`InvalidEvent` naming every failing field, or each key ``raw`` holds twice.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent("shape", f"replacement must be a JSON object, got {_json_type(obj)}")
+    event: DeviceReplacement = _validated(DeviceReplacement, raw or orjson.dumps(obj), limits, obj)
+    return event
+
+
+def canonical_json(event: Reading | VehicleMeterLink | DeviceReplacement) -> bytes:
     """The one JSON text of a validated event: what the gateway publishes.
 
     camelCase keys in the model's order, no blanks, numbers as floats
@@ -262,7 +281,7 @@ def decode_event(
     raw: bytes | bytearray | memoryview | str,
     stream: Stream,
     limits: ValidationLimits = DEFAULT_LIMITS,
-) -> Reading | VehicleMeterLink:
+) -> Reading | VehicleMeterLink | DeviceReplacement:
     """Decode one Kafka record value that must belong to ``stream``.
 
     Raises :class:`InvalidEvent` for bad JSON, a wrong kind of event on the
@@ -282,6 +301,8 @@ def decode_event(
             return event
     obj = parse_json(text)
     if stream is Stream.LINKS:
+        if isinstance(obj, dict) and "replacedAt" in obj:
+            return replacement_from_obj(obj, limits, text)
         return link_from_obj(obj, limits, text)
     found = stream_of(obj)
     if found is not stream:

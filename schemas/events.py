@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -136,6 +136,39 @@ Timestamp = Annotated[_IsoTime, AfterValidator(check_recent)]
 LinkTime = Annotated[_IsoTime, AfterValidator(check_link_time)]
 #: Energy of one one-minute interval, kWh.
 Energy = Annotated[Number, Field(ge=0), AfterValidator(check_energy), _Zeroed]
+#: A cumulative energy register, kWh: what the counter reads now, not an increase.
+Register = Annotated[
+    Number,
+    Field(
+        ge=0,
+        description="Cumulative register, kWh: what the counter reads at timestamp (its "
+        "increase over the device's previous reading is the interval's energy).",
+    ),
+    _Zeroed,
+]
+
+
+def _one_of(interval: str, register: str) -> dict[str, Any]:
+    """JSON Schema of "exactly one of ``interval`` and ``register``, as a number"."""
+    return {
+        "oneOf": [
+            {"required": [name], "properties": {name: {"type": "number"}}}
+            for name in (interval, register)
+        ]
+    }
+
+
+def _exactly_one(values: dict[str, float | None]) -> None:
+    """Refuse an event without, or with both, of its two energy forms (wire name: value)."""
+    (interval, register) = values
+    present = [name for name, value in values.items() if value is not None]
+    if len(present) != 1:
+        raise PydanticCustomError(
+            "energy_form",
+            "send exactly one of {interval} (energy of the interval ending at timestamp) "
+            "and {register} (cumulative register); got {got}",
+            {"interval": interval, "register": register, "got": " and ".join(present) or "neither"},
+        )
 
 
 class _Event(BaseModel):
@@ -149,12 +182,25 @@ class _Event(BaseModel):
 
 
 class MeterReading(_Event):
-    """One minute of a grid-side meter: AC energy drawn in that minute."""
+    """One reading of a grid-side meter: the AC energy of the interval ending at
+    ``timestamp`` (``kwhConsumedAc``) or the cumulative import register
+    (``kwhRegisterAc``), exactly one of the two; the voltage when measured.
+    """
+
+    #: Wire names of the two energy forms, exactly one of which an event holds.
+    ENERGY_FORMS: ClassVar[tuple[str, str]] = ("kwhConsumedAc", "kwhRegisterAc")
+    model_config = ConfigDict(json_schema_extra=_one_of(*ENERGY_FORMS))
 
     meter_id: DeviceId
-    kwh_consumed_ac: Energy
-    voltage: Voltage
+    kwh_consumed_ac: Energy | None = None
+    kwh_register_ac: Register | None = None
+    voltage: Voltage | None = None
     timestamp: Timestamp
+
+    @model_validator(mode="after")
+    def _check_energy_form(self) -> MeterReading:
+        _exactly_one({"kwhConsumedAc": self.kwh_consumed_ac, "kwhRegisterAc": self.kwh_register_ac})
+        return self
 
     @property
     def device_id(self) -> str:
@@ -163,13 +209,28 @@ class MeterReading(_Event):
 
 
 class VehicleReading(_Event):
-    """One minute of a vehicle: DC energy stored, state of charge, battery temperature."""
+    """One reading of a vehicle: state of charge, battery temperature, and the DC energy
+    stored in the interval ending at ``timestamp`` (``kwhDeliveredDc``) or the cumulative
+    energy charged into the battery (``kwhRegisterDc``), exactly one of the two.
+    """
+
+    #: Wire names of the two energy forms, exactly one of which an event holds.
+    ENERGY_FORMS: ClassVar[tuple[str, str]] = ("kwhDeliveredDc", "kwhRegisterDc")
+    model_config = ConfigDict(json_schema_extra=_one_of(*ENERGY_FORMS))
 
     vehicle_id: DeviceId
     soc: StateOfCharge
-    kwh_delivered_dc: Energy
+    kwh_delivered_dc: Energy | None = None
+    kwh_register_dc: Register | None = None
     battery_temp: BatteryTemp
     timestamp: Timestamp
+
+    @model_validator(mode="after")
+    def _check_energy_form(self) -> VehicleReading:
+        _exactly_one(
+            {"kwhDeliveredDc": self.kwh_delivered_dc, "kwhRegisterDc": self.kwh_register_dc}
+        )
+        return self
 
     @property
     def device_id(self) -> str:
@@ -200,6 +261,43 @@ class VehicleMeterLink(_Event):
     def device_id(self) -> str:
         """Links are keyed by vehicle, so one vehicle's links stay in order."""
         return self.vehicle_id
+
+
+class DeviceReplacement(_Event):
+    """A meter, or a vehicle's telematics unit, replaced at ``replaced_at``.
+
+    Exactly one of ``meter_id`` and ``vehicle_id``. The device's first reading
+    at or after ``replaced_at`` starts a new register: it counts 0, neither a
+    reset nor an implausible jump. Sent on the links topic.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["meterId"]}, {"required": ["vehicleId"]}]}
+    )
+
+    meter_id: DeviceId | None = None
+    vehicle_id: DeviceId | None = None
+    replaced_at: Timestamp
+
+    @model_validator(mode="after")
+    def _check_device(self) -> DeviceReplacement:
+        if (self.meter_id is None) is (self.vehicle_id is None):
+            raise PydanticCustomError(
+                "replacement_device", "send exactly one of meterId and vehicleId"
+            )
+        return self
+
+    @property
+    def device_id(self) -> str:
+        """The replaced device, and the Kafka key."""
+        device = self.meter_id if self.meter_id is not None else self.vehicle_id
+        assert device is not None  # noqa: S101 -- checked by the model
+        return device
+
+    @property
+    def stream(self) -> str:
+        """``meter`` or ``vehicle``: the stream of the replaced device's readings."""
+        return "meter" if self.meter_id is not None else "vehicle"
 
 
 Reading = MeterReading | VehicleReading

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import operator
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import (
     AfterValidator,
@@ -76,10 +77,19 @@ class _WireShape:
         #: Wire names of the times whose text :func:`iso_time_text` checks.
         self.texts: list[str] = []
         self.aliases = {name: info.alias or name for name, info in model.model_fields.items()}
+        #: Wire names a record may leave out (optional fields).
+        self.optional: list[str] = []
         for name, info in model.model_fields.items():
             key = self.aliases[name]
             kept = []
-            for item in info.metadata:
+            annotation, metadata = info.annotation, list(info.metadata)
+            if not info.is_required():
+                # ``Annotated[float, ...] | None``: the rules sit inside the union.
+                (annotation, _none) = typing.get_args(annotation)
+                annotation, *inner = typing.get_args(annotation)
+                metadata = [*inner, *metadata]
+                self.optional.append(key)
+            for item in metadata:
                 if isinstance(item, AfterValidator) and item.func is check_energy:
                     self.energy.append(key)
                 elif isinstance(item, AfterValidator) and item.func is check_recent:
@@ -96,7 +106,14 @@ class _WireShape:
                     raise TypeError(f"{model.__name__}.{name}: unknown validator {item.func}")
                 else:
                     kept.append(item)
-            self.fields[key] = (info.annotation, kept)
+            self.fields[key] = (annotation, kept)
+        # Rules across fields run in Python: the one known here is checked by
+        # RowDecoder itself; any other must never be skipped.
+        validators = set(model.__pydantic_decorators__.model_validators)
+        if validators - {"_check_energy_form"}:
+            raise TypeError(f"{model.__name__}: unknown model validators {validators}")
+        #: The two energy forms, exactly one of which a record holds.
+        self.energy_forms: tuple[str, str] = model.ENERGY_FORMS
         #: Wire names whose values are JSON strings (ids, times).
         properties = model.model_json_schema(by_alias=True)["properties"]
         self.strings = frozenset(
@@ -116,7 +133,8 @@ class _WireShape:
             if key in self.time:
                 extra.append(Field(ge=earliest, le=latest))
             constraints = (*kept, *extra)
-            fields[key] = Annotated[(annotation, *constraints)] if constraints else annotation
+            kind = Annotated[(annotation, *constraints)] if constraints else annotation
+            fields[key] = NotRequired[kind | None] if key in self.optional else kind
         shape = TypedDict(self.name, fields)  # type: ignore[misc]  # built from the model's fields, which mypy cannot follow
         shape.__pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]  # where pydantic reads a TypedDict's config
         validate: Callable[[bytes], Any] = TypeAdapter(shape).validator.validate_json
@@ -140,7 +158,10 @@ class RowDecoder:
         self._limits = replace(limits, now=limits.now or datetime.now(UTC))
         self._stream = stream
         self._validate = shape.validator(self._limits)
-        self._pick = operator.itemgetter(*(shape.aliases[f] for f in fields))
+        keys = [shape.aliases[f] for f in fields]
+        # Optional fields may be absent: get() gives None, as the model would.
+        self._pick: Callable[[dict[str, Any]], Row] = lambda found: tuple(map(found.get, keys))
+        self._forms = shape.energy_forms
         self._pick_attributes = operator.attrgetter(*fields)
         self._strings = shape.strings
         self._fields = len(shape.fields)
@@ -180,10 +201,11 @@ class RowDecoder:
             or raw.count(b'"')
             != (self._quotes if len(found) == self._fields else self._quotes_of(found))
             or not self._times_look_iso(raw)
+            or (found.get(self._forms[0]) is None) is (found.get(self._forms[1]) is None)
         ):
             # The model decides: it raises InvalidEvent with the reason (a key
-            # sent twice too), or accepts what the wire shape is stricter about
-            # (snake_case names, escaped quotes in ids).
+            # sent twice, neither or both energy forms), or accepts what the
+            # wire shape is stricter about (snake_case names, escaped quotes in ids).
             row: Row = self._pick_attributes(decode_event(raw, self._stream, self._limits))
             return row
         row = self._pick(found)

@@ -21,6 +21,7 @@ from consumers.batch import Batch
 from consumers.connection import WriterConnection
 from consumers.migrate import prepare_database
 from consumers.sink import WriteResult
+from consumers.tables import READING_TABLES
 from consumers.worker import sink_for
 from deploy.local.kafka_tools import create_topics, delete_topics
 from deploy.local.services import (
@@ -241,7 +242,7 @@ def analytics(env: ModuleEnv) -> Iterator[Any]:
 
 
 def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> list[WriteResult]:
-    """Write ``batches`` (history rows, or links) through ``stream``'s sink, as a worker does.
+    """Write ``batches`` (decoded rows, or links) through ``stream``'s sink, as a worker does.
 
     Each item's source record is named ``"<batch>:<index>"``, so a rejected
     item can be traced back to where it was.
@@ -251,8 +252,13 @@ def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> l
         async with WriterConnection(env.writer_url) as db:
             sink = sink_for(stream, db)
             results = []
+            width = len(READING_TABLES[stream].columns) if stream in READING_TABLES else 0
             for b, items in enumerate(batches):
-                entries = [(item, f"{b}:{i}") for i, item in enumerate(items)]
+                # Interval readings may leave out the trailing register column.
+                padded = [
+                    (*item, *([None] * (width - len(item)))) if width else item for item in items
+                ]
+                entries = [(item, f"{b}:{i}") for i, item in enumerate(padded)]
                 batch = (
                     Batch(offsets={}, links=entries)
                     if stream is Stream.LINKS

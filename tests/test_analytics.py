@@ -68,8 +68,16 @@ def brute(
     )[0]
 
 
+#: The register readings noted as resets and as implausible jumps.
+NOTE_COUNTS = (
+    "count(*) FILTER (WHERE register_note = 'reset'),"
+    " count(*) FILTER (WHERE register_note = 'jump')"
+)
+
+
 def brute_vehicle(env: ModuleEnv, vehicle: str, t0: datetime, t1: datetime) -> tuple[Any, ...]:
-    """(readings, DC sum, temperature sum) of a vehicle over [t0, t1), straight from history."""
+    """(readings, DC sum, temperature sum, resets, jumps) of a vehicle over [t0, t1),
+    straight from history."""
     return brute(
         env,
         "vehicle_readings_history",
@@ -77,12 +85,12 @@ def brute_vehicle(env: ModuleEnv, vehicle: str, t0: datetime, t1: datetime) -> t
         vehicle,
         t0,
         t1,
-        "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp)",
+        "coalesce(sum(kwh_delivered_dc), 0), sum(battery_temp), " + NOTE_COUNTS,
     )
 
 
 def brute_meter(env: ModuleEnv, meter: str, t0: datetime, t1: datetime) -> tuple[Any, ...]:
-    """(readings, AC sum) of a meter over [t0, t1), straight from history."""
+    """(readings, AC sum, resets, jumps) of a meter over [t0, t1), straight from history."""
     return brute(
         env,
         "meter_readings_history",
@@ -90,7 +98,7 @@ def brute_meter(env: ModuleEnv, meter: str, t0: datetime, t1: datetime) -> tuple
         meter,
         t0,
         t1,
-        "coalesce(sum(kwh_consumed_ac), 0)",
+        "coalesce(sum(kwh_consumed_ac), 0), " + NOTE_COUNTS,
     )
 
 
@@ -158,8 +166,9 @@ def test_performance_api_equals_brute_force(
         vehicle = rng.choice(fleet_data["vehicles"])
         params = {"from": t0.isoformat(), "to": t1.isoformat()}
         got = analytics.get(f"/v1/analytics/performance/{vehicle}", params=params).json()
-        n, dc, temp = brute_vehicle(env, vehicle, t0, t1)
+        n, dc, temp, resets, jumps = brute_vehicle(env, vehicle, t0, t1)
         assert (got["vehicleReadings"], got["totalDc"]) == (n, dc)
+        assert (got["resets"]["vehicle"], got["implausibleJumps"]["vehicle"]) == (resets, jumps)
         assert got["avgBatteryTemp"] == (temp / n if n else None)
         assert got["totalAc"] == _expected_ac(env, vehicle, t0, t1)
 

@@ -100,6 +100,28 @@ def cases(base: dict[str, Any]) -> list[bytes]:
         orjson.dumps({_snake(k): v for k, v in base.items()}),
         b"\xff\xfe",
     ]
+    # The energy forms: exactly one of interval and register, either may be null.
+    interval, register = "kwhConsumedAc", "kwhRegisterAc"
+    if "vehicleId" in base:
+        interval, register = "kwhDeliveredDc", "kwhRegisterDc"
+    bare = {k: v for k, v in base.items() if k != interval}
+    for forms in [
+        {register: 1234.5},
+        {register: 0},
+        {register: -0.0},
+        {register: -1.0},
+        {register: "12"},
+        {register: 1e300},
+        {register: None},
+        {register: 5.0, interval: None},
+        {register: 5.0, interval: 0.5},
+        {interval: 0.5, register: None},
+        {register: 5.0, "voltage": None},
+        {register: 5.0, "voltage": 230.0},
+        {},
+    ]:
+        out.append(orjson.dumps({**bare, **forms}))
+    out.append(orjson.dumps({k: v for k, v in base.items() if k != "voltage"}))
     return out
 
 
@@ -138,7 +160,7 @@ def test_rows_come_out_in_table_order_with_utc_aware_times() -> None:
     fast = RowDecoder(Stream.VEHICLE, VEHICLE_TABLE.fields, LIMITS)
     moment = NOW - timedelta(minutes=3)
     row = fast(orjson.dumps({**VEHICLE, "timestamp": stamp(moment, 2)}))
-    assert row == ("V-1", moment, 50.5, 0.375, 31.0)
+    assert row == ("V-1", moment, 50.5, 0.375, 31.0, None)
     assert row[1].utcoffset() == timedelta(hours=2)
 
 

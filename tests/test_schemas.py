@@ -104,7 +104,9 @@ def test_meter_rules(change: dict[str, Any], field: str, message: str) -> None:
         ({"batteryTemp": -40.5}, "batteryTemp", "greater than or equal to -40"),
         ({"batteryTemp": 101}, "batteryTemp", "less than or equal to 100"),
         ({"kwhDeliveredDc": -1}, "kwhDeliveredDc", "greater than or equal to 0"),
-        ({"kwhDeliveredDc": None}, "kwhDeliveredDc", "valid number"),
+        ({"kwhDeliveredDc": None}, "", "send exactly one of kwhDeliveredDc"),
+        ({"kwhRegisterDc": 12.0}, "", "got kwhDeliveredDc and kwhRegisterDc"),
+        ({"kwhRegisterDc": -1}, "kwhRegisterDc", "greater than or equal to 0"),
     ],
 )
 def test_vehicle_rules(change: dict[str, Any], field: str, message: str) -> None:
@@ -131,10 +133,33 @@ def test_ids_with_inner_spaces_and_unicode_are_accepted() -> None:
 def test_missing_fields_are_each_named() -> None:
     assert sorted(f for f, _ in _errors({"vehicleId": "V1"})) == [
         "batteryTemp",
-        "kwhDeliveredDc",
         "soc",
         "timestamp",
     ]
+
+
+@pytest.mark.parametrize(
+    ("event", "forms"),
+    [
+        (METER, ("kwhConsumedAc", "kwhRegisterAc")),
+        (VEHICLE, ("kwhDeliveredDc", "kwhRegisterDc")),
+    ],
+)
+def test_exactly_one_energy_form_is_named(event: dict[str, Any], forms: tuple[str, str]) -> None:
+    interval, register = forms
+    without = {k: v for k, v in event.items() if k != interval}
+    for body, got in [
+        (without, "got neither"),
+        ({**event, register: 1.0}, f"got {interval} and {register}"),
+    ]:
+        errors = _errors(body)
+        assert len(errors) == 1
+        assert interval in errors[0][1]
+        assert register in errors[0][1]
+        assert got in errors[0][1]
+    # Either form alone is a reading; a meter's voltage may be left out.
+    assert reading_from_obj({**without, register: 1234.5}, LIMITS).device_id
+    assert reading_from_obj({k: v for k, v in event.items() if k != "voltage"}, LIMITS)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,13 @@ def window_rules(maximum: str) -> str:
     )
 
 
+class BySource(CamelModel):
+    """One count per source: the vehicle, and its meters inside their links."""
+
+    vehicle: int
+    meter: int
+
+
 class PerformanceSummary(CamelModel):
     """A vehicle's energy over ``[from, to)``; efficiency = totalDc / totalAc."""
 
@@ -63,6 +70,8 @@ class PerformanceSummary(CamelModel):
     meter_ids: list[str]
     vehicle_readings: int
     meter_readings: int
+    resets: BySource
+    implausible_jumps: BySource
 
 
 class VehicleLive(CamelModel):
@@ -70,7 +79,8 @@ class VehicleLive(CamelModel):
 
     vehicle_id: str
     soc: float
-    kwh_delivered_dc: float
+    kwh_delivered_dc: float | None = Field(description="As sent; null for a register reading.")
+    kwh_register_dc: float | None = Field(description="As sent; null for an interval reading.")
     battery_temp: float
     timestamp: datetime
     updated_at: datetime
@@ -80,8 +90,9 @@ class MeterLive(CamelModel):
     """The newest reading of a meter (by device timestamp)."""
 
     meter_id: str
-    kwh_consumed_ac: float
-    voltage: float
+    kwh_consumed_ac: float | None = Field(description="As sent; null for a register reading.")
+    kwh_register_ac: float | None = Field(description="As sent; null for an interval reading.")
+    voltage: float | None
     timestamp: datetime
     updated_at: datetime
 
@@ -104,7 +115,11 @@ async def performance(
 
     AC is summed over the meters linked to the vehicle, each only inside its
     link's validity. ``efficiency`` is null when AC is 0; ``lowEfficiency``
-    says whether it is below the configured threshold.
+    says whether it is below the configured threshold. A register reading's
+    energy (its increase over the reading before) counts at its own time, as
+    an interval reading's does. ``resets`` and ``implausibleJumps`` count the
+    register readings of the window, per source, that were resets or
+    implausible jumps: their increase was not counted as sent.
     """
     state = analytics_state(request)
     settings = state.settings
@@ -126,6 +141,8 @@ async def performance(
         "efficiencyThreshold": threshold,
         "meterIds": perf.meter_ids,
         **energy_fields(perf),
+        "resets": {"vehicle": perf.vehicle_resets, "meter": perf.meter_resets},
+        "implausibleJumps": {"vehicle": perf.vehicle_jumps, "meter": perf.meter_jumps},
     }
 
 
@@ -147,6 +164,7 @@ async def vehicle_live(
         "vehicleId": row.vehicle_id,
         "soc": row.soc,
         "kwhDeliveredDc": row.kwh_delivered_dc,
+        "kwhRegisterDc": row.kwh_register_dc,
         "batteryTemp": row.battery_temp,
         "timestamp": row.recorded_at,
         "updatedAt": row.updated_at,
@@ -170,6 +188,7 @@ async def meter_live(
     return {
         "meterId": row.meter_id,
         "kwhConsumedAc": row.kwh_consumed_ac,
+        "kwhRegisterAc": row.kwh_register_ac,
         "voltage": row.voltage,
         "timestamp": row.recorded_at,
         "updatedAt": row.updated_at,

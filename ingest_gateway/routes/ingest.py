@@ -25,6 +25,7 @@ from ingest_gateway.body import (
     link_message,
     media_type,
     read_body,
+    replacement_message,
     single_reading,
 )
 from ingest_gateway.errors import InvalidPayload
@@ -179,3 +180,17 @@ async def ingest_batch(request: Request) -> Response:
 async def link(request: Request) -> Response:
     """``{"vehicleId", "meterId", "validFrom", "validTo"?}``; a later link closes an open one."""
     return await _one_event(request, link_message)
+
+
+@_accepting(
+    "/replacements",
+    _body("DeviceReplacement"),
+    "Declare that a meter or a vehicle's telematics unit was replaced",
+)
+async def replacement(request: Request) -> Response:
+    """``{"meterId" or "vehicleId", "replacedAt"}``: the device's first reading at or after
+    ``replacedAt`` starts a new register, neither a reset nor an implausible jump.
+
+    Travels on the links topic (counted there in the answer).
+    """
+    return await _one_event(request, replacement_message)

@@ -9,7 +9,7 @@ UV         := $(UV_VENV)/bin/uv
 UV_VERSION := 0.13.9
 STACK      := $(PY) deploy/local/stack.py
 
-.PHONY: help venv up down status test lint format bench bench-consumer bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery demo schemas clean
+.PHONY: help venv up down status test lint format bench bench-consumer bench-consumer-registers bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery demo schemas clean
 
 help:
 	@echo "make up        start Kafka, PostgreSQL, migrations, gateway, consumers, analytics"
@@ -58,7 +58,7 @@ format: venv
 schemas: venv
 	$(PY) -m schemas
 
-bench: bench-consumer bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery
+bench: bench-consumer bench-consumer-registers bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery
 
 # Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
 # DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
@@ -67,6 +67,10 @@ bench: bench-consumer bench-gateway bench-gateway-memory bench-broken-clients be
 # BENCH_CONSUMER_ARGS e.g. "--events 500000".
 bench-consumer: venv
 	@$(PY) -m bench.consumer_throughput $(BENCH_CONSUMER_ARGS)
+
+# The same with cumulative registers (kwhRegisterDc) instead of interval energy.
+bench-consumer-registers: venv
+	@$(PY) -m bench.consumer_throughput --registers $(BENCH_CONSUMER_ARGS)
 
 # One day of 10,000 vehicles and meters, then per-vehicle and fleet query latency (private
 # stack); BENCH_ANALYTICS_ARGS e.g. "--vehicles 500".

@@ -1,9 +1,12 @@
 """Consumer catch-up: a pre-filled topic drained into committed history and live status.
 
-    python -m bench.consumer_throughput [--events 2000000] [--devices 10000]
+    python -m bench.consumer_throughput [--events 2000000] [--devices 10000] [--registers]
 
 1. fills a fresh 12-partition topic with N vehicle heartbeats from D devices
-   (one per device per minute, realistic values, keyed by device id);
+   (one per device per minute, realistic values, keyed by device id); with
+   ``--registers`` each carries the vehicle's cumulative register
+   (``kwhRegisterDc``) instead of the minute's energy, which the consumers
+   turn into counted increases;
 2. baseline: a plain binary COPY of the same rows into a table of the same
    shape (same indexes), committed every 50,000 rows;
 3. runs ``python -m consumers vehicle`` as in production, one process per core
@@ -13,7 +16,8 @@
    time. Meanwhile it samples the workers' RSS and CPU, and reads their
    metrics (commit latency) at the end;
 4. checks the result: the committed offsets add up to N, history holds N
-   rows, live status D rows.
+   rows, live status D rows; with ``--registers``, the energy counted in
+   history and in the rollups equals the registers' increases.
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import os
 import random
 import signal
@@ -56,22 +61,26 @@ from schemas import DEFAULT_PARTITIONS, dlq_topic
 PARTITIONS = DEFAULT_PARTITIONS
 #: How often the committed offsets are read: the clock's resolution.
 POLL_S = 0.05
-Row = tuple[str, datetime, float, float, float]
+Row = tuple[Any, ...]
 
 
-def generate(events: int, devices: int, seed: int = 7) -> Iterator[tuple[Row, bytes]]:
+def generate(
+    events: int, devices: int, seed: int = 7, registers: bool = False
+) -> Iterator[tuple[Row, bytes]]:
     """Heartbeats minute by minute, every device each minute, ending a minute ago.
 
     Yields each reading's row (for the COPY baseline) and JSON value (for
     Kafka), lazily: a full day (28.8 M) would not fit in memory at once.
     The same arguments give the same readings, so the topic and the baseline
-    see the same rows.
+    see the same rows. With ``registers``, each reading carries the vehicle's
+    cumulative register (kWh, 4 decimals) instead of the minute's energy.
     """
     rng = random.Random(seed)
     minutes = -(-events // devices)
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes + 1)
     soc = [rng.uniform(10, 60) for _ in range(devices)]
     names = [f"V{device:05d}" for device in range(devices)]
+    counters = [round(rng.uniform(0, 50_000), 4) for _ in range(devices)]
     produced = 0
     for minute in range(minutes):
         ts = start + timedelta(minutes=minute)
@@ -85,17 +94,17 @@ def generate(events: int, devices: int, seed: int = 7) -> Iterator[tuple[Row, by
             soc[device] = min(100.0, soc[device] + kwh * 1.5) if charging else soc[device]
             temp = round(25 + (10 if charging else 0) + rng.uniform(-2, 2), 2)
             vehicle_id = names[device]
-            row = (vehicle_id, ts, round(soc[device], 2), kwh, temp)
-            value = orjson.dumps(
-                {
-                    "vehicleId": vehicle_id,
-                    "soc": row[2],
-                    "kwhDeliveredDc": kwh,
-                    "batteryTemp": temp,
-                    "timestamp": stamp,
-                }
-            )
-            yield row, value
+            event: dict[str, Any] = {"vehicleId": vehicle_id, "soc": round(soc[device], 2)}
+            if registers:
+                counters[device] = round(counters[device] + kwh, 4)
+                event["kwhRegisterDc"] = counters[device]
+                row = (vehicle_id, ts, event["soc"], 0.0, temp, counters[device], None)
+            else:
+                event["kwhDeliveredDc"] = kwh
+                row = (vehicle_id, ts, event["soc"], kwh, temp, None, None)
+            event["batteryTemp"] = temp
+            event["timestamp"] = stamp
+            yield row, orjson.dumps(event)
 
 
 async def fill_topic(bootstrap: str, topic: str, args: argparse.Namespace) -> float:
@@ -104,7 +113,10 @@ async def fill_topic(bootstrap: str, topic: str, args: argparse.Namespace) -> fl
     await produce_by_partition(
         bootstrap,
         topic,
-        ((row[0].encode(), value) for row, value in generate(args.events, args.devices)),
+        (
+            (row[0].encode(), value)
+            for row, value in generate(args.events, args.devices, registers=args.registers)
+        ),
         PARTITIONS,
         progress=lambda sent: say(f"  produced {sent:,} events"),
     )
@@ -117,7 +129,7 @@ def copy_baseline(database: Database, args: argparse.Namespace, chunk: int = 50_
     Only the COPY and its commits are timed: each chunk of rows is generated
     before the clock runs for it.
     """
-    heartbeats = generate(args.events, args.devices)
+    heartbeats = generate(args.events, args.devices, registers=args.registers)
     elapsed = 0.0
     with psycopg.connect(database.writer_url) as conn:
         conn.execute("CREATE TABLE copy_baseline (LIKE vehicle_readings_history INCLUDING ALL)")
@@ -263,20 +275,44 @@ def measure(
     say("consumer: draining the topic into history and live status")
     run = asyncio.run(run_consumer(database, topic, args.events, args.timeout, args.workers))
     with psycopg.connect(database.writer_url) as conn:
-        history = conn.execute("SELECT count(*) FROM vehicle_readings_history").fetchone()
+        history = conn.execute(
+            "SELECT count(*), coalesce(sum(kwh_delivered_dc), 0) FROM vehicle_readings_history"
+        ).fetchone()
+        rollup = conn.execute(
+            "SELECT coalesce(sum(kwh_delivered_dc), 0) FROM vehicle_hourly_rollup"
+        ).fetchone()
         live = conn.execute("SELECT count(*) FROM vehicle_live_status").fetchone()
-    history_rows = history[0] if history else 0
+    history_rows, history_kwh = history if history else (0, 0.0)
+    rollup_kwh = rollup[0] if rollup else 0.0
     live_rows = live[0] if live else 0
+    want_kwh = expected_energy(args)
     say(
         f"  committed offsets {run['committed_offsets']:,}, history rows {history_rows:,}, "
-        f"live rows {live_rows:,}"
+        f"live rows {live_rows:,}, energy {history_kwh:,.4f} kWh in history, "
+        f"{rollup_kwh:,.4f} in rollups, {want_kwh:,.4f} sent"
     )
+    run["energy_kwh"] = round(history_kwh, 4)
     exact = (
         run["committed_offsets"] == args.events
         and history_rows == args.events
         and live_rows == min(args.devices, args.events)
+        and math.isclose(history_kwh, want_kwh, rel_tol=1e-9, abs_tol=1e-6)
+        and math.isclose(rollup_kwh, want_kwh, rel_tol=1e-9, abs_tol=1e-6)
     )
     return copy_rate, run, exact
+
+
+def expected_energy(args: argparse.Namespace) -> float:
+    """The energy the readings carry: the minutes' energies, or each register's increase
+    from its device's first reading (which counts 0) to its last."""
+    if not args.registers:
+        return math.fsum(row[3] for row, _ in generate(args.events, args.devices))
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for row, _ in generate(args.events, args.devices, registers=True):
+        first.setdefault(row[0], row[5])
+        last[row[0]] = row[5]
+    return math.fsum(last[d] - first[d] for d in last)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for the drain")
     parser.add_argument(
+        "--registers",
+        action="store_true",
+        help="readings carry cumulative registers (kwhRegisterDc) instead of interval energy",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -295,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    say(f"{args.events:,} heartbeats from {args.devices:,} vehicles")
+    form = "cumulative registers" if args.registers else "interval energy"
+    say(f"{args.events:,} heartbeats from {args.devices:,} vehicles ({form})")
     with (
         session_services(BENCH_STACK) as services,
         fresh_database(services, "bench_consumer") as database,
@@ -311,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "events": args.events,
         "devices": args.devices,
+        "mode": "registers" if args.registers else "interval",
         **run,
         "copy_rows_per_s": round(copy_rate),
         "ratio": round(run["events_per_s"] / copy_rate, 3),

@@ -53,7 +53,11 @@ log = logging.getLogger(__name__)
 _ENSURE_PARTITION = "SELECT energy_ensure_partition(%s, %s)"
 
 #: The rollup upsert of each reading stream.
-_ROLLUPS = {table.stream: table.upsert_rollup() for table in READING_TABLES.values()}
+_ROLLUPS = {
+    (table.stream, notes): table.upsert_rollup(notes)
+    for table in READING_TABLES.values()
+    for notes in (False, True)
+}
 
 #: The event of an entry (at C speed, for whole batches).
 _value = operator.itemgetter(0)
@@ -125,7 +129,11 @@ class ReadingSink:
         rows = list(map(_value, entries))
         live = await self.registers.upsert_live(conn, rows)
         counted, late = await self.registers.count_new(conn, rows, live)
-        staged = [(row, entry[1]) for row, entry in zip(counted, entries, strict=True)]
+        staged = (
+            entries
+            if counted is rows
+            else [(row, entry[1]) for row, entry in zip(counted, entries, strict=True)]
+        )
         inserted, refused = await self._insert(conn, staged)
         if refused:
             by_row = {id(row): entry for row, entry in zip(counted, entries, strict=True)}
@@ -199,7 +207,9 @@ async def add_to_rollup(
     # Sorted by key, so concurrent writers lock rollup rows in one order.
     deltas.sort(key=lambda row: (row[0], row[1]))
     columns = [list(col) for col in zip(*deltas, strict=True)]
-    await conn.execute(_ROLLUPS[table.stream], columns)
+    # Interval readings (most batches) carry no notes: the narrower statement.
+    notes = any(columns[-2]) or any(columns[-1])
+    await conn.execute(_ROLLUPS[table.stream, notes], columns if notes else columns[:-2])
 
 
 def hourly_deltas(
@@ -211,7 +221,7 @@ def hourly_deltas(
     the resets and jumps among them (a history row ends with its register note);
     then ``adjustments`` (recounted energies: the first sum, resets, jumps) added.
     """
-    acc: dict[tuple[str, int], list[float]] = {}
+    acc: dict[tuple[str, int], list[Any]] = {}
     summed = _values_at([index for _, index in sums])
     width = len(sums)
     resets, jumps = width + 1, width + 2
@@ -226,15 +236,16 @@ def hourly_deltas(
         values = summed(row)
         slot = acc.get(key)
         if slot is None:
-            slot = acc[key] = [1, *values, 0, 0]
+            acc[key] = [1, *values, 0, 0]
         else:
             slot[0] += 1
             for n in range(width):
                 slot[n + 1] += values[n]
-        note = row[-1]
-        if note is not None:
-            slot[resets] += note == Note.RESET
-            slot[jumps] += note == Note.JUMP
+    # Few rows carry a note: count them apart from the loop every row takes.
+    for row in [row for row in rows if row[-1] is not None]:
+        slot = acc[(row[0], hours[row[1]])]
+        slot[resets] += row[-1] == Note.RESET
+        slot[jumps] += row[-1] == Note.JUMP
     for device, at, kwh, reset, jump in adjustments:
         key = (device, int(at.timestamp()) // 3600)
         slot = acc.get(key)
@@ -249,7 +260,7 @@ def hourly_deltas(
         start = hour_start.get(hour)
         if start is None:
             start = hour_start[hour] = datetime.fromtimestamp(hour * 3600, UTC)
-        deltas.append((device, start, int(slot[0]), *slot[1 : width + 1], *map(int, slot[resets:])))
+        deltas.append((device, start, *slot))
     return deltas
 
 

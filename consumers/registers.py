@@ -123,13 +123,16 @@ class LiveResult:
     """What the live-status upsert learnt about the batch's devices.
 
     ``heads``: the replaced head of each device the batch moved forward and
-    that the registers need (it has register readings, or readings at or
-    before the head). ``behind``: devices whose every reading in the batch is
-    at or before their head (live status unchanged).
+    that the registers may need (the batch has register readings, or readings
+    at or before the head); a superset is harmless. ``behind``: devices whose
+    every reading in the batch is at or before their head (live status
+    unchanged).
     """
 
     heads: dict[str, Head]
     behind: set[str]
+    #: Whether the batch holds register readings.
+    registers: bool
 
 
 #: (device, hour, readings, energy delta, resets delta, jumps delta) per rollup row.
@@ -146,6 +149,7 @@ class RegisterBook:
         self._register = table.register_index
         self._register_of = operator.itemgetter(table.register_index)
         self._upsert = _upsert_live(table)
+        self._behind = _behind_sql(table)
         self._recount = _recount_sql(table)
         self._update = _update_sql(table)
         self._replacements = (
@@ -154,46 +158,41 @@ class RegisterBook:
         )
 
     async def upsert_live(self, conn: AsyncConnection, rows: Sequence[Row]) -> LiveResult:
-        """Upsert live status from the newest of ``rows`` per device; see :class:`LiveResult`."""
+        """Upsert live status from the newest of ``rows`` (history rows) per device;
+        see :class:`LiveResult`."""
         newest: dict[str, Row] = {}
-        oldest: dict[str, datetime] = {}
-        registers: set[str] = set()
-        register = self._register
         for row in rows:
-            device, at = row[0], row[1]
-            current = newest.get(device)
-            if current is None:
-                newest[device] = row
-                oldest[device] = at
-            else:
-                if at > current[1]:
-                    newest[device] = row
-                elif at < oldest[device]:
-                    oldest[device] = at
-            if row[register] is not None:
-                registers.add(device)
+            current = newest.get(row[0])
+            if current is None or row[1] > current[1]:
+                newest[row[0]] = row
         if not newest:
-            return LiveResult({}, set())
+            return LiveResult({}, set(), False)
         # Sorted by device id, so concurrent writers lock rows in one order.
         devices = sorted(newest)
-        rows_in_order = (newest[d] for d in devices)
-        columns: list[list[Any]] = [list(c) for c in zip(*rows_in_order, strict=True)]
-        columns.append([oldest[d] for d in devices])
-        columns.append([d in registers for d in devices])
-        cur = await conn.execute(self._upsert, columns)
+        # The live columns: a history row less its register note.
+        params: list[Any] = [list(c) for c in zip(*map(newest.get, devices), strict=True)][:-1]
+        # At C speed: the registers of the batch, and whether any is not None.
+        registers = list(map(self._register_of, rows)).count(None) < len(rows)
+        params += [registers, min(map(_TIME, rows)), len(devices)]
+        cur = await conn.execute(self._upsert, params)
         heads: dict[str, Head] = {}
-        behind: set[str] = set()
-        for device, previous_at, previous, moved in await cur.fetchall():
-            if not moved:
-                behind.add(device)
-            elif previous_at is not None:
+        some_behind = False
+        for device, previous_at, previous in await cur.fetchall():
+            if device is None:
+                some_behind = True
+            else:
                 heads[device] = Head(previous_at, previous)
-        return LiveResult(heads, behind)
+        behind: set[str] = set()
+        if some_behind:
+            cur = await conn.execute(self._behind, (devices,))
+            behind = {device for (device,) in await cur.fetchall()}
+        return LiveResult(heads, behind, registers)
 
     async def count_new(
         self, conn: AsyncConnection, rows: list[Row], live: LiveResult
     ) -> tuple[list[Row], list[tuple[str, datetime]]]:
-        """History rows of ``rows`` (each ending with its register note), and the late keys.
+        """``rows`` (history rows) with the energy and note of each register reading,
+        and the keys of the late readings.
 
         Register readings newer than their device's head are counted here;
         late ones (at or before the head) are stored counting 0, and their
@@ -202,9 +201,9 @@ class RegisterBook:
         register, energy = self._register, self._energy
         late: list[tuple[str, datetime]] = []
         heads, behind = live.heads, live.behind
-        if not heads and not behind and all(row[register] is None for row in rows):
+        if not heads and not behind and not live.registers:
             # Interval readings in order (the common case): stored as sent.
-            return [(*row, None) for row in rows], late
+            return rows, late
         chains: dict[str, list[Row]] = {}
         for row in rows:
             device, at = row[0], row[1]
@@ -217,10 +216,10 @@ class RegisterBook:
         out: list[Row] = []
         for row in rows:
             if row[register] is None:
-                out.append((*row, None))
+                out.append(row)
                 continue
             kwh, note = counts.get((row[0], row[1]), (0.0, None))
-            out.append((*row[:energy], kwh, *row[energy + 1 :], note))
+            out.append((*row[:energy], kwh, *row[energy + 1 : -1], note))
         return out, late
 
     async def _count_chains(
@@ -309,6 +308,10 @@ class RegisterBook:
         return at - _US
 
 
+#: A row's device time, at C speed.
+_TIME = operator.itemgetter(1)
+
+
 def _at(row: Row) -> datetime:
     at: datetime = row[1]
     return at
@@ -319,33 +322,34 @@ def _hour(at: datetime) -> datetime:
 
 
 def _upsert_live(table: ReadingTable) -> sql.Composed:
-    """Live status from parallel arrays (newest device time wins), returning what the
-    registers need: per device, the head it replaced, or that it did not move.
+    """Live status from parallel arrays (newest device time wins), returning the heads
+    the registers may need, and whether some device did not move.
 
-    The arrays: the live columns, then each device's oldest time in the batch
-    and whether it has register readings. ``ON CONFLICT DO UPDATE`` locks every
-    conflicting row, moved or not: a second writer of a device waits here.
+    The parameters: arrays of the live columns; whether the batch holds
+    register readings (then every replaced head is returned); the batch's
+    oldest time (else only heads at or after it are returned: a device with a
+    reading at or before its head has one); the number of devices. When fewer
+    moved, a last row of NULLs says so (:data:`_BEHIND` finds which). No join:
+    the common case (every device moved, interval readings) returns nothing.
+    ``ON CONFLICT DO UPDATE`` locks every conflicting row, moved or not: a
+    second writer of a device waits here.
     """
     cols = table.columns
-    types = ("text", "timestamptz", *table.pg_types, "timestamptz", "bool")
+    types = ("text", "timestamptz", *table.pg_types)
     register = table.columns[table.register_index]
     names = sql.SQL(", ").join(map(sql.Identifier, cols))
     return sql.SQL(
-        "WITH batch AS ("
-        " SELECT * FROM unnest({arrays}) AS b({names}, oldest, registers)"
-        "), moved AS ("
+        "WITH moved AS ("
         " INSERT INTO {live} AS live ({names}, updated_at)"
-        " SELECT {names}, now() FROM batch"
+        " SELECT *, now() FROM unnest({arrays})"
         " ON CONFLICT ({key}) DO UPDATE SET {updates},"
         " previous_recorded_at = live.recorded_at, previous_register = live.{register}"
         " WHERE live.recorded_at < EXCLUDED.recorded_at"
         " RETURNING {key}, previous_recorded_at, previous_register"
         ") "
-        "SELECT b.{key}, m.previous_recorded_at, m.previous_register, m.{key} IS NOT NULL"
-        " FROM batch b LEFT JOIN moved m ON m.{key} = b.{key}"
-        " WHERE m.{key} IS NULL"
-        " OR (m.previous_recorded_at IS NOT NULL"
-        " AND (b.registers OR b.oldest <= m.previous_recorded_at))"
+        "SELECT * FROM moved"
+        " WHERE previous_recorded_at IS NOT NULL AND (%b::bool OR previous_recorded_at >= %b)"
+        " UNION ALL SELECT NULL, NULL, NULL WHERE (SELECT count(*) FROM moved) < %b"
     ).format(
         arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types),
         names=names,
@@ -357,6 +361,14 @@ def _upsert_live(table: ReadingTable) -> sql.Composed:
             for c in (*cols[1:], "updated_at")
         ),
     )
+
+
+def _behind_sql(table: ReadingTable) -> sql.Composed:
+    """Of the devices (an array), those whose live status this transaction did not move."""
+    return sql.SQL(
+        "SELECT {key} FROM {live}"
+        " WHERE {key} = ANY(%b::text[]) AND xmin <> pg_current_xact_id()::xid"
+    ).format(live=sql.Identifier(table.live), key=sql.Identifier(table.key))
 
 
 def _recount_sql(table: ReadingTable) -> sql.Composed:

@@ -52,8 +52,9 @@ class ReadingTable:
         return (*self.columns, "register_note")
 
     def decoder(self, limits: ValidationLimits) -> RowDecoder:
-        """Record value -> history row, under ``limits`` (build one per batch)."""
-        return RowDecoder(self.stream, self.fields, limits)
+        """Record value -> history row (its register note ``None``), under ``limits``
+        (build one per batch)."""
+        return RowDecoder(self.stream, self.fields, limits, pad=1)
 
     def copy_history(self, table: str | None = None) -> sql.Composed:
         """``COPY <history> (...) FROM STDIN (FORMAT BINARY)``."""
@@ -83,15 +84,18 @@ class ReadingTable:
             history=sql.Identifier(self.history), cols=cols, staging=sql.Identifier(self.staging)
         )
 
-    def upsert_rollup(self) -> sql.Composed:
+    def upsert_rollup(self, notes: bool = True) -> sql.Composed:
         """Add per-hour counts and sums (from parallel arrays) to the hourly rollup.
 
-        The arrays: device, hour, readings, each sum, resets, jumps. Deltas may
-        be negative (a late reading changed the energy of the one after it).
+        The arrays: device, hour, readings, each sum, then (``notes``) resets
+        and jumps. Deltas may be negative (a late reading changed the energy of
+        the one after it).
         """
         sums = [name for name, _ in self.rollup_sums]
-        cols = [self.key, "hour", "readings", *sums, "resets", "jumps"]
-        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums)), "int4", "int4"]
+        counts = ["resets", "jumps"] if notes else []
+        cols = [self.key, "hour", "readings", *sums, *counts]
+        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums))]
+        arrays += ["int4"] * len(counts)
         return sql.SQL(
             "INSERT INTO {rollup} AS r ({cols}) SELECT * FROM unnest({arrays}) "
             "ON CONFLICT ({key}, hour) DO UPDATE SET {adds}"
@@ -102,7 +106,7 @@ class ReadingTable:
             key=sql.Identifier(self.key),
             adds=sql.SQL(", ").join(
                 sql.SQL("{c} = r.{c} + EXCLUDED.{c}").format(c=sql.Identifier(c))
-                for c in ("readings", *sums, "resets", "jumps")
+                for c in ("readings", *sums, *counts)
             ),
         )
 

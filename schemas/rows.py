@@ -148,24 +148,42 @@ class RowDecoder:
     """Decodes one reading stream's records to row tuples under fixed limits.
 
     ``fields`` names the model fields of a row, in order (for example
-    ``("meter_id", "timestamp", "kwh_consumed_ac", "voltage")``). Build one
+    ``("meter_id", "timestamp", "kwh_consumed_ac", "voltage")``); ``pad``
+    more ``None`` end each row (columns the consumers fill in). Build one
     per batch (it costs well under a millisecond): the time window is fixed
     when it is built (``limits.now``, else the wall clock then).
     """
 
-    def __init__(self, stream: Stream, fields: tuple[str, ...], limits: ValidationLimits) -> None:
+    def __init__(
+        self, stream: Stream, fields: tuple[str, ...], limits: ValidationLimits, pad: int = 0
+    ) -> None:
         shape = _SHAPES[stream]
         self._limits = replace(limits, now=limits.now or datetime.now(UTC))
         self._stream = stream
         self._validate = shape.validator(self._limits)
-        keys = [shape.aliases[f] for f in fields]
-        # Optional fields may be absent: get() gives None, as the model would.
+        # Optional fields may be absent: get() gives None, as the model would;
+        # so does the padding (a key no accepted record holds: unknown keys are refused).
+        keys = [shape.aliases[f] for f in fields] + [""] * pad
         self._pick: Callable[[dict[str, Any]], Row] = lambda found: tuple(map(found.get, keys))
-        self._forms = shape.energy_forms
-        self._pick_attributes = operator.attrgetter(*fields)
-        self._strings = shape.strings
-        self._fields = len(shape.fields)
-        self._quotes = json_quotes(self._fields, len(shape.strings))
+        self._interval, self._register = shape.energy_forms
+        # The common case, an interval reading with every other field, at C
+        # speed: every key but the register's (the row's last field), then Nones.
+        self._common = 0
+        self._pick_common: Callable[[dict[str, Any]], Row] = self._pick
+        self._tail: Row = ()
+        if keys[len(fields) - 1] == self._register:
+            common = keys[: len(fields) - 1]
+            self._pick_common = operator.itemgetter(*common)
+            self._tail = (None,) * (1 + pad)
+            self._common = len(common)
+        attributes = operator.attrgetter(*fields)
+        padding = (None,) * pad
+        self._pick_attributes: Callable[[Any], Row] = lambda event: attributes(event) + padding
+        # Every string field is required (ids, times), so the quotes of a text
+        # holding no key twice depend on its number of keys only.
+        if not shape.strings.isdisjoint(shape.optional):
+            raise TypeError(f"{shape.name}: optional string fields are not supported")
+        self._string_quotes = json_quotes(0, len(shape.strings))
         # Where each time's text starts in compact JSON ("timestamp":"...).
         self._times = tuple(f'"{key}":"'.encode() for key in shape.texts)
 
@@ -187,9 +205,6 @@ class RowDecoder:
                 return False
         return True
 
-    def _quotes_of(self, found: dict[str, Any]) -> int:
-        return json_quotes(len(found), len(self._strings.intersection(found)))
-
     def __call__(self, raw: bytes) -> Row:
         """The row of ``raw``; raises :class:`InvalidEvent` exactly when ``decode_event`` does."""
         try:
@@ -198,20 +213,30 @@ class RowDecoder:
             found = None
         if (
             found is None
-            or raw.count(b'"')
-            != (self._quotes if len(found) == self._fields else self._quotes_of(found))
+            or raw.count(b'"') != json_quotes(len(found), 0) + self._string_quotes
             or not self._times_look_iso(raw)
-            or (found.get(self._forms[0]) is None) is (found.get(self._forms[1]) is None)
         ):
-            # The model decides: it raises InvalidEvent with the reason (a key
-            # sent twice, neither or both energy forms), or accepts what the
-            # wire shape is stricter about (snake_case names, escaped quotes in ids).
-            row: Row = self._pick_attributes(decode_event(raw, self._stream, self._limits))
-            return row
-        row = self._pick(found)
+            return self._decided_by_model(raw)
+        if (
+            len(found) == self._common
+            and self._register not in found
+            and found[self._interval] is not None
+        ):
+            row = self._pick_common(found) + self._tail
+        elif (found.get(self._interval) is None) is (found.get(self._register) is None):
+            return self._decided_by_model(raw)
+        else:
+            row = self._pick(found)
         # A zero (== -0.0 too) is common, a minus zero rare: look at the text only then.
         if 0.0 in row and _NEGATIVE_ZERO.search(raw) is not None:
             row = tuple(v + 0.0 if v.__class__ is float else v for v in row)
+        return row
+
+    def _decided_by_model(self, raw: bytes) -> Row:
+        """The model decides: it raises InvalidEvent with the reason (a key sent twice,
+        neither or both energy forms), or accepts what the wire shape is stricter
+        about (snake_case names, escaped quotes in ids)."""
+        row: Row = self._pick_attributes(decode_event(raw, self._stream, self._limits))
         return row
 
 

@@ -252,9 +252,10 @@ def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> l
         async with WriterConnection(env.writer_url) as db:
             sink = sink_for(stream, db)
             results = []
-            width = len(READING_TABLES[stream].columns) if stream in READING_TABLES else 0
+            table = READING_TABLES.get(stream)
+            width = len(table.history_columns) if table else 0
             for b, items in enumerate(batches):
-                # Interval readings may leave out the trailing register column.
+                # Interval readings may leave out the register and its note.
                 padded = [
                     (*item, *([None] * (width - len(item)))) if width else item for item in items
                 ]

@@ -40,26 +40,28 @@ PARTITIONS = 3  # the env fixture's topics
 def _events(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
     """Heartbeats (key, value) in production order, with duplicates and poison mixed in.
 
-    Energy values are multiples of 1/64, so sums are exact in any order.
+    Energy values are multiples of 1/64, so sums are exact in any order. Odd
+    devices send cumulative registers (``kwhRegisterDc``): each counts its
+    increase, the first reading 0.
     """
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=MINUTES + 5)
     truth: dict[str, Any] = {"count": Counter(), "sum": defaultdict(float), "newest": {}}
     records: list[tuple[bytes, bytes]] = []
+    registers = [1000 + device / 64 for device in range(DEVICES)]
     for minute in range(MINUTES):
         stamp = (start + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
         for device in range(DEVICES):
             vid = f"CV{device:04d}"
             kwh = rng.randrange(0, 64) / 64
             soc = round(20 + minute * 0.3, 1)
-            value = orjson.dumps(
-                {
-                    "vehicleId": vid,
-                    "soc": soc,
-                    "kwhDeliveredDc": kwh,
-                    "batteryTemp": 30,
-                    "timestamp": stamp,
-                }
-            )
+            event: dict[str, Any] = {"vehicleId": vid, "soc": soc}
+            if device % 2:
+                registers[device] += kwh
+                event["kwhRegisterDc"] = registers[device]
+                kwh = kwh if minute else 0.0  # the first reading opens the register
+            else:
+                event["kwhDeliveredDc"] = kwh
+            value = orjson.dumps({**event, "batteryTemp": 30, "timestamp": stamp})
             records.append((vid.encode(), value))
             truth["count"][vid] += 1
             truth["sum"][vid] += kwh
@@ -225,6 +227,11 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
     assert {vid: (n, total) for vid, n, total in rows} == {
         vid: (truth["count"][vid], truth["sum"][vid]) for vid in truth["count"]
     }
+    # The rollups every view reads hold the same energy, registers counted once.
+    assert env.query(
+        "SELECT vehicle_id, sum(readings)::int, sum(kwh_delivered_dc) FROM vehicle_hourly_rollup"
+        " GROUP BY vehicle_id ORDER BY vehicle_id"
+    ) == [(vid, n, total) for vid, n, total in sorted(rows)]
     live = env.query("SELECT vehicle_id, recorded_at, soc FROM vehicle_live_status")
     assert {vid: (ts.isoformat().replace("+00:00", "Z"), soc) for vid, ts, soc in live} == truth[
         "newest"
@@ -235,6 +242,7 @@ def test_exact_after_kills_and_restarts(env: ModuleEnv) -> None:
         f"\ncrash test: {len(records):,} records produced ({EVENTS:,} readings, 3,000 repeats,"
         f" {len(truth['poison'])} poison) through {len(workers)} workers; {kills} SIGKILLs,"
         " PostgreSQL crashed and restarted once, Kafka SIGKILLed and restarted once;"
-        f" history {len(rows):,} devices x {MINUTES} readings with exact sums, live status"
+        f" history {len(rows):,} devices x {MINUTES} readings (half of them cumulative"
+        " registers) with exact sums in history and rollups, live status"
         f" newest for all {len(live):,}, DLQ {len(dead)} records = the poison, each once"
     )

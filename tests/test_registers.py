@@ -70,8 +70,8 @@ class Series:
         """The decoded row the consumers would make of this reading."""
         at = _at(minute)
         if self.stream is Stream.METER:
-            return (self.device, at, interval, 230.0, register)
-        return (self.device, at, 50.0, interval, 25.0, register)
+            return (self.device, at, interval, 230.0, register, None)
+        return (self.device, at, 50.0, interval, 25.0, register, None)
 
 
 def random_series(rng: random.Random, n: int) -> Series:

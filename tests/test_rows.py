@@ -157,10 +157,10 @@ def test_fast_rows_agree_with_the_models(stream: Stream, table: Any, base: dict[
 
 
 def test_rows_come_out_in_table_order_with_utc_aware_times() -> None:
-    fast = RowDecoder(Stream.VEHICLE, VEHICLE_TABLE.fields, LIMITS)
+    fast = VEHICLE_TABLE.decoder(LIMITS)
     moment = NOW - timedelta(minutes=3)
     row = fast(orjson.dumps({**VEHICLE, "timestamp": stamp(moment, 2)}))
-    assert row == ("V-1", moment, 50.5, 0.375, 31.0, None)
+    assert row == ("V-1", moment, 50.5, 0.375, 31.0, None, None)
     assert row[1].utcoffset() == timedelta(hours=2)
 
 

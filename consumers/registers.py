@@ -161,10 +161,17 @@ class RegisterBook:
         """Upsert live status from the newest of ``rows`` (history rows) per device;
         see :class:`LiveResult`."""
         newest: dict[str, Row] = {}
+        # Each device's oldest time in the batch: nearly always its first row's.
+        oldest: dict[str, datetime] = {}
         for row in rows:
             current = newest.get(row[0])
-            if current is None or row[1] > current[1]:
+            if current is None:
                 newest[row[0]] = row
+                oldest[row[0]] = row[1]
+            elif row[1] > current[1]:
+                newest[row[0]] = row
+            elif row[1] < oldest[row[0]]:
+                oldest[row[0]] = row[1]
         if not newest:
             return LiveResult({}, set(), False)
         # Sorted by device id, so concurrent writers lock rows in one order.
@@ -173,14 +180,15 @@ class RegisterBook:
         params: list[Any] = [list(c) for c in zip(*map(newest.get, devices), strict=True)][:-1]
         # At C speed: the registers of the batch, and whether any is not None.
         registers = list(map(self._register_of, rows)).count(None) < len(rows)
-        params += [registers, min(map(_TIME, rows)), len(devices)]
+        params += [registers, min(oldest.values()), len(devices)]
         cur = await conn.execute(self._upsert, params)
         heads: dict[str, Head] = {}
         some_behind = False
         for device, previous_at, previous in await cur.fetchall():
             if device is None:
                 some_behind = True
-            else:
+            elif registers or oldest[device] <= previous_at:
+                # (The query filters on the batch's oldest time, not each device's.)
                 heads[device] = Head(previous_at, previous)
         behind: set[str] = set()
         if some_behind:
@@ -306,10 +314,6 @@ class RegisterBook:
     def before(at: datetime) -> datetime:
         """The key whose :meth:`recount` reaches the first reading at or after ``at``."""
         return at - _US
-
-
-#: A row's device time, at C speed.
-_TIME = operator.itemgetter(1)
 
 
 def _at(row: Row) -> datetime:

@@ -427,7 +427,7 @@ def test_refusals_name_the_path_and_publish_nothing(
 
 @pytest.mark.parametrize(
     ("charge_point", "status"),
-    [("C" * 48, 202), ("C" * 49, 422), (" CP", 422), ("CP\u0007", 422)],
+    [("C" * 48, 202), ("C" * 49, 422), (" CP", 422), ("CP\u0085", 422), ("CP\u200b", 422)],
 )
 def test_charge_point_id_is_1_to_48_printable_characters(
     env: ModuleEnv, gateway: TestClient, charge_point: str, status: int

@@ -14,8 +14,9 @@ from ingest_gateway import metrics
 from ingest_gateway.admission import InFlight
 from ingest_gateway.errors import ClientClosed
 from ingest_gateway.fastpath import IngestFastPath, fast_routes
+from ingest_gateway.ocpp_payloads import ocpp_schemas
 from ingest_gateway.publisher import KafkaPublisher
-from ingest_gateway.routes import ingest
+from ingest_gateway.routes import ingest, ocpp
 from ingest_gateway.settings import GatewaySettings
 from ingest_gateway.state import GatewayState
 from schemas.contract import openapi_schemas
@@ -65,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         api_keys=keys,
         # The fast path reads the routes of this router as they are: include it
         # without include-time dependencies, prefix or limits.
-        routers=[ingest.router],
+        routers=[ingest.router, ocpp.router],
         readiness=Readiness(
             dependency="kafka",
             probe=publisher.ready,
@@ -76,7 +77,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         on_error=_error,
         # Inside the request metrics: fast-path requests are counted too.
         middleware=middleware,
-        schemas=openapi_schemas(settings.limits(), settings.max_batch_events),
+        schemas={
+            **openapi_schemas(settings.limits(), settings.max_batch_events),
+            **ocpp_schemas(settings.limits(), settings.max_batch_events),
+        },
     )
     app.state.gateway = GatewayState(
         settings=settings,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -27,6 +27,7 @@ from ingest_gateway.scan import Events, array_events, ndjson_events
 from schemas import (
     InvalidEvent,
     MeterReading,
+    Reading,
     Stream,
     TopicNames,
     ValidationLimits,
@@ -35,6 +36,8 @@ from schemas import (
     reading_from_obj,
     replacement_from_obj,
 )
+
+T = TypeVar("T")
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 
@@ -209,13 +212,17 @@ async def batch_messages_yielding(
     ``YIELD_EVERY_BYTES``, a one-event request waits for at most a step of
     each batch in progress (and the in-flight bytes bound how many there are).
     """
-    steps = _batch_steps(events, topics, limits)
+    return await in_steps(_batch_steps(events, topics, limits))
+
+
+async def in_steps(steps: Generator[None, None, T]) -> T:
+    """Run ``steps`` to its result, letting the event loop run other requests at each yield."""
     try:
         while True:
             next(steps)
             await asyncio.sleep(0)
     except StopIteration as done:
-        result: list[Message] = done.value
+        result: T = done.value
     return result
 
 
@@ -244,7 +251,11 @@ def reading_message(
 
     Raises :class:`schemas.InvalidEvent` naming every failing field.
     """
-    event = reading_from_obj(obj, limits, raw=value)
+    return event_message(reading_from_obj(obj, limits, raw=value), topics)
+
+
+def event_message(event: Reading, topics: TopicNames) -> Message:
+    """The Kafka record of one validated reading: its canonical JSON, keyed by its device."""
     stream = Stream.METER if isinstance(event, MeterReading) else Stream.VEHICLE
     return Message(
         topic=topics.for_stream(stream),

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from schemas.events import (
@@ -124,11 +124,19 @@ def _generator(limits: ValidationLimits) -> type[ContractJsonSchema]:
 
 
 def event_schema(
-    model: type[BaseModel], limits: ValidationLimits = DEFAULT_LIMITS
+    model: type[BaseModel],
+    limits: ValidationLimits = DEFAULT_LIMITS,
+    ref_template: str = DEFAULT_REF_TEMPLATE,
 ) -> JsonSchemaValue:
-    """The JSON Schema of what ``model`` accepts from JSON (camelCase), under ``limits``."""
+    """The JSON Schema of what ``model`` accepts from JSON (camelCase), under ``limits``.
+
+    Nested models are in ``$defs``, referred to by ``ref_template``.
+    """
     schema = model.model_json_schema(
-        by_alias=True, mode="validation", schema_generator=_generator(limits)
+        by_alias=True,
+        mode="validation",
+        schema_generator=_generator(limits),
+        ref_template=ref_template,
     )
     rule = _MODEL_RULES.get(model)
     if rule is not None:

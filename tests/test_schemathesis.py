@@ -19,6 +19,9 @@ Schemathesis is taught what JSON Schema cannot say:
   ``to``, at most 31 days): valid cases get their times ordered and brought
   inside one window (see :func:`_window_query`). Invalid cases are sent as drawn.
 - A link's ``validTo`` is later than its ``validFrom``: valid cases get them ordered.
+- An OCPP sampled value that becomes part of a reading (energy, voltage) must
+  have the measurand's unit and a value inside the readings' ranges: valid
+  cases get such units and values (see :func:`_ocpp_readable`).
 
 No check is excluded. The totals (requests per service, failures) are
 printed at the end of the module.
@@ -166,6 +169,35 @@ def _link_order(body: dict[str, Any]) -> None:
         return
 
 
+#: A valid OCPP case's stored measurands (the default, energy, first), their unit and bound.
+_OCPP_STORED = {
+    None: ("Wh", 3000.0),
+    "Energy.Active.Import.Register": ("Wh", 3000.0),
+    "Energy.Active.Import.Interval": ("Wh", 3000.0),
+    "Voltage": ("V", 1000.0),
+}
+
+
+def _ocpp_readable(body: dict[str, Any], version: str) -> None:
+    """A valid OCPP payload's stored values made readable: the measurand's unit (no
+    multiplier) and a value from 0 to its bound, three phases of energy staying
+    within one reading's cap."""
+    entries = body.get("meterValue")
+    for entry in entries if isinstance(entries, list) else []:
+        for sampled in entry.get("sampledValue", []) if isinstance(entry, dict) else []:
+            if not isinstance(sampled, dict) or sampled.get("measurand") not in _OCPP_STORED:
+                continue
+            unit, bound = _OCPP_STORED[sampled.get("measurand")]
+            try:
+                number = abs(float(sampled["value"])) % bound
+            except (KeyError, TypeError, ValueError):
+                continue
+            if version == "1.6":
+                sampled["unit"], sampled["value"] = unit, f"{number:.3f}"
+            else:
+                sampled["unitOfMeasure"], sampled["value"] = {"unit": unit}, number
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Case[Any]) -> Case[Any]:
     """Teach valid cases the cross-field rules (see the module docstring)."""
@@ -175,11 +207,13 @@ def map_case(context: Any, case: Case[Any]) -> Case[Any]:
         _window_query(case.query)
     if case.operation.path == "/v1/links" and isinstance(case.body, dict):
         _link_order(case.body)
+    if case.operation.path.startswith("/v1/ocpp/") and isinstance(case.body, dict):
+        _ocpp_readable(case.body, case.operation.path.split("/")[3])
     return case
 
 
 _DEVICE_ID: TypeAdapter[str] = TypeAdapter(DeviceId)
-_ID_NAMES = ("vehicleId", "meterId")
+_ID_NAMES = ("vehicleId", "meterId", "chargePointId")
 
 
 def _ids_valid(case: Case[Any]) -> bool:

@@ -95,6 +95,7 @@ def generate(
             temp = round(25 + (10 if charging else 0) + rng.uniform(-2, 2), 2)
             vehicle_id = names[device]
             event: dict[str, Any] = {"vehicleId": vehicle_id, "soc": round(soc[device], 2)}
+            row: Row
             if registers:
                 counters[device] = round(counters[device] + kwh, 4)
                 event["kwhRegisterDc"] = counters[device]

@@ -26,8 +26,8 @@ entry that yields an energy value becomes one reading of meter
 Refused (:class:`schemas.InvalidEvent`, each problem named by its path such as
 ``meterValue[2].sampledValue[0].unitOfMeasure.unit``): a payload that breaks
 the version's schema (unknown keys, wrong types, unknown enumerations; OCPP
-2.0.1's ``customData`` is taken and ignored everywhere), a 1.6 value that is
-not a decimal number or is ``SignedData``, a value not finite once scaled, a
+2.0.1's ``customData`` is taken and ignored everywhere), a 1.6 Raw value that
+is not a decimal number, a value not finite once scaled, a
 timestamp outside the readings' window, more meter or sampled values than
 allowed, and a resulting reading that breaks the readings' own rules.
 """
@@ -87,6 +87,8 @@ class _Sample:
     unit_path: str
     number: Callable[[], Decimal | None]
     value_path: str
+    #: A 1.6 SignedData value: a signed copy, not read.
+    signed: bool = False
 
 
 #: Wide enough that any scaled double is exact before it is rounded to a float once.
@@ -123,6 +125,9 @@ class _Entry:
     def add(self, sample: _Sample) -> None:
         """Keep ``sample`` if it may make the reading, else list it as ignored (or refuse it)."""
         kept = (REGISTER, INTERVAL, VOLTAGE)
+        if sample.signed:
+            self.ignore(sample, "SignedData is neither verified nor decoded here; Raw values are")
+            return
         if sample.measurand not in kept:
             self.ignore(sample, f"{sample.measurand} is not stored: {_STORED}")
             return
@@ -247,8 +252,6 @@ def _validated(
     except ValidationError as exc:
         for err in exc.errors(include_url=False, include_input=False):
             message = _MESSAGES.get(err["type"], err["msg"])
-            if err["loc"][-1:] == ("format",):
-                message = "SignedData cannot be interpreted: send the Raw value"
             errors.append({"field": _path((*where, *err["loc"])), "message": message})
         return None
 
@@ -288,7 +291,12 @@ class OcppVersion:
 
 
 def _sample(
-    where: str, j: int, sv: Any, unit: tuple[str | None, str], number: Callable[[], Any]
+    where: str,
+    j: int,
+    sv: Any,
+    unit: tuple[str | None, str],
+    number: Callable[[], Any],
+    signed: bool = False,
 ) -> _Sample:
     """Sampled value ``sv``, ``j`` of the entry at ``where``; ``unit``: its unit and the
     unit's path inside the sampled value."""
@@ -301,13 +309,16 @@ def _sample(
         unit_path=f"{where}[{j}].{unit[1]}",
         number=number,
         value_path=f"{where}[{j}].value",
+        signed=signed,
     )
 
 
 def _samples_16(i: int, entry: OcppMeterValue16) -> list[_Sample]:
     where = f"meterValue[{i}].sampledValue"
     return [
-        _sample(where, j, sv, (sv.unit, "unit"), partial(Decimal, sv.value))
+        _sample(
+            where, j, sv, (sv.unit, "unit"), partial(Decimal, sv.value), sv.format == "SignedData"
+        )
         for j, sv in enumerate(entry.sampled_value)
     ]
 

@@ -9,11 +9,20 @@ checked) and ignored everywhere. Integers are OCPP's 32-bit ones.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError
 
 from schemas import ValidationLimits
 from schemas.contract import event_schema
@@ -29,6 +38,9 @@ OCPP_INT_MAX = 2**31 - 1
 DECIMAL_PATTERN = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$"
 #: Digits enough for any register; short enough that every such decimal is a finite float.
 MAX_VALUE_CHARS = 64
+_DECIMAL = re.compile(DECIMAL_PATTERN)
+#: The longest signed value taken (2.0.1's signedMeterData holds up to 2500 characters).
+MAX_SIGNED_CHARS = 2500
 
 Context16 = Literal[
     "Interruption.Begin",
@@ -121,26 +133,52 @@ class OcppSampledValue16(OcppObject):
     without unit, Wh for energy and V for voltage; without location, Outlet.
 
     Energy must be in Wh or kWh and voltage in V (else refused); other measurands
-    are ignored. SignedData cannot be interpreted: refused.
+    are ignored. A SignedData value (a signed copy, as Eichrecht meters send
+    beside the Raw one) is ignored: it is neither verified nor decoded here.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"format": {"const": "SignedData"}}, "required": ["format"]},
+            "then": {"properties": {"value": {"maxLength": MAX_SIGNED_CHARS}}},
+            "else": {
+                "properties": {"value": {"pattern": DECIMAL_PATTERN, "maxLength": MAX_VALUE_CHARS}}
+            },
+        }
+    )
+
+    format: Annotated[
+        Literal["Raw", "SignedData"] | None,
+        Field(description="Raw (default) or SignedData (the value is ignored)."),
+    ] = None
     value: Annotated[
         Text,
         Field(
-            pattern=DECIMAL_PATTERN,
-            max_length=MAX_VALUE_CHARS,
-            description="A decimal number (the Raw format): 1234, 12.5, -3; no exponent.",
+            max_length=MAX_SIGNED_CHARS,
+            description="A decimal number (Raw, the default): 1234, 12.5, -3; no exponent. "
+            "With format SignedData, the signed data (ignored).",
         ),
     ]
     context: Context16 | None = None
-    format: Annotated[
-        Literal["Raw"] | None,
-        Field(description="Raw only: SignedData cannot be interpreted and is refused."),
-    ] = None
     measurand: Measurand16 | None = None
     phase: Phase | None = None
     location: Location | None = None
     unit: Unit16 | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _decimal_unless_signed(cls, value: str, info: ValidationInfo) -> str:
+        # ``format`` comes first, so it is known here (absent or refused: Raw).
+        if info.data.get("format") != "SignedData":
+            if len(value) > MAX_VALUE_CHARS:
+                raise PydanticCustomError(
+                    "value_length", "is longer than {n} characters", {"n": MAX_VALUE_CHARS}
+                )
+            if _DECIMAL.fullmatch(value) is None:
+                raise PydanticCustomError(
+                    "string_pattern_mismatch", "must be a decimal number such as 1234 or 12.5"
+                )
+        return value
 
 
 class OcppMeterValue16(OcppObject):

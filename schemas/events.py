@@ -148,12 +148,12 @@ Register = Annotated[
 ]
 
 
-def _one_of(interval: str, register: str) -> dict[str, Any]:
-    """JSON Schema of "exactly one of ``interval`` and ``register``, as a number"."""
+def _one_of(first: str, second: str, kind: str = "number") -> dict[str, Any]:
+    """JSON Schema of "exactly one of ``first`` and ``second`` (of JSON type ``kind``)"
+    (the other absent or null)."""
     return {
         "oneOf": [
-            {"required": [name], "properties": {name: {"type": "number"}}}
-            for name in (interval, register)
+            {"required": [name], "properties": {name: {"type": kind}}} for name in (first, second)
         ]
     }
 
@@ -271,9 +271,7 @@ class DeviceReplacement(_Event):
     reset nor an implausible jump. Sent on the links topic.
     """
 
-    model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["meterId"]}, {"required": ["vehicleId"]}]}
-    )
+    model_config = ConfigDict(json_schema_extra=_one_of("meterId", "vehicleId", "string"))
 
     meter_id: DeviceId | None = None
     vehicle_id: DeviceId | None = None

@@ -256,7 +256,7 @@ def write_batches(env: ModuleEnv, stream: Stream, batches: list[list[Any]]) -> l
             width = len(table.history_columns) if table else 0
             for b, items in enumerate(batches):
                 # Interval readings may leave out the register and its note.
-                padded = [
+                padded: list[Any] = [
                     (*item, *([None] * (width - len(item)))) if width else item for item in items
                 ]
                 entries = [(item, f"{b}:{i}") for i, item in enumerate(padded)]

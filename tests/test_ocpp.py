@@ -201,6 +201,11 @@ def test_ocpp16_energy_forms_phases_and_locations(env: ModuleEnv, gateway: TestC
             _sv("40", measurand=register, location="EV", unit="kWh"),
             _sv("230", measurand="Voltage"),
         ],
+        # 6: a signed copy beside the Raw register (Eichrecht meters): the Raw value counts.
+        [
+            _sv("3300", measurand=register),
+            _sv("OCMF|{...}|{...}", measurand=register, format="SignedData"),
+        ],
     ]
     body = {
         "connectorId": 0,
@@ -211,7 +216,7 @@ def test_ocpp16_energy_forms_phases_and_locations(env: ModuleEnv, gateway: TestC
     response = _post(gateway, V16.format("CP16-forms"), body)
     assert response.status_code == 202, response.text
     answer = response.json()
-    assert (answer["accepted"], answer["meterIds"]) == (4, ["CP16-forms:0"])
+    assert (answer["accepted"], answer["meterIds"]) == (5, ["CP16-forms:0"])
     assert [(i["meterValue"], i["sampledValue"], i["measurand"]) for i in answer["ignored"]] == [
         (1, 0, register),
         (2, 0, register),
@@ -221,13 +226,16 @@ def test_ocpp16_energy_forms_phases_and_locations(env: ModuleEnv, gateway: TestC
         (5, 0, register),
         (5, 1, register),
         (5, 2, "Voltage"),
+        (6, 1, register),
     ]
     assert "Inlet" in answer["ignored"][5]["reason"]
+    assert "SignedData" in answer["ignored"][8]["reason"]
     assert sorted(published(env, "CP16-forms"), key=lambda r: r["timestamp"]) == [
         {"meterId": "CP16-forms:0", "kwhRegisterAc": 3.0, "timestamp": _ts(30)},
         {"meterId": "CP16-forms:0", "kwhRegisterAc": 3.1, "timestamp": _ts(29)},
         {"meterId": "CP16-forms:0", "kwhConsumedAc": 0.25, "voltage": 230.0, "timestamp": _ts(27)},
         {"meterId": "CP16-forms:0", "kwhRegisterAc": 3.2, "timestamp": _ts(26)},
+        {"meterId": "CP16-forms:0", "kwhRegisterAc": 3.3, "timestamp": _ts(24)},
     ]
 
 
@@ -345,7 +353,8 @@ def _second_entry(body: dict[str, Any]) -> None:
 
 
 _REFUSED: list[tuple[str, Any, str]] = [
-    ("1.6", _one16(format="SignedData", value="AABBCC"), "meterValue[0].sampledValue[0].format"),
+    ("1.6", _one16(format="Signed", value="AABBCC"), "meterValue[0].sampledValue[0].format"),
+    ("1.6", _one16(format="Raw", value="AABBCC"), "meterValue[0].sampledValue[0].value"),
     ("1.6", _one16(value="1e309"), "meterValue[0].sampledValue[0].value"),
     ("1.6", _one16(value="NaN"), "meterValue[0].sampledValue[0].value"),
     ("1.6", _one16(value=""), "meterValue[0].sampledValue[0].value"),

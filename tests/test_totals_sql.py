@@ -99,15 +99,22 @@ def _fill(url: str) -> None:
 
 
 def _totals(url: str) -> list[tuple[Any, ...]]:
-    """Vehicle and meter totals over every window, as the analytics queries call them."""
+    """Vehicle and meter totals over every window, as the analytics queries call them
+    (the columns every version has: later ones add the register counts)."""
     found: list[tuple[Any, ...]] = []
     with psycopg.connect(url) as conn:
         for t0, t1 in WINDOWS:
             for query, params in (
-                ("SELECT * FROM energy_vehicle_totals('UV1', %s, %s)", (t0, t1)),
-                ("SELECT * FROM energy_meter_totals('UM1', %s, %s, %s, %s)", (t0, t1, t0, t1)),
                 (
-                    "SELECT * FROM energy_meter_totals('UM2', %s, %s, %s, %s)",
+                    "SELECT readings, kwh, temp_sum FROM energy_vehicle_totals('UV1', %s, %s)",
+                    (t0, t1),
+                ),
+                (
+                    "SELECT readings, kwh FROM energy_meter_totals('UM1', %s, %s, %s, %s)",
+                    (t0, t1, t0, t1),
+                ),
+                (
+                    "SELECT readings, kwh FROM energy_meter_totals('UM2', %s, %s, %s, %s)",
                     (t0 + timedelta(minutes=20), t1, t0, t1),
                 ),
             ):
@@ -142,6 +149,7 @@ def test_upgrade_reaches_the_fresh_end_state_with_the_same_totals(
         "0007.current-totals",
         "0008.reader-role",
         "0009.link-claims",
+        "0010.registers",
     ]
     assert _totals(older_database) == before
     # The same totals as a plain SUM over history (dyadic values: exact).

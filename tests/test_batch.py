@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumers.batch import Batch
-from schemas import DEFAULT_LIMITS, Stream, VehicleMeterLink
+from schemas import DEFAULT_LIMITS, DeviceReplacement, Stream, VehicleMeterLink
 
 TOPIC = "telemetry.vehicle.v1"
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -112,6 +112,20 @@ def test_links_decode_to_links() -> None:
     assert batch.poison == []
     assert [(type(link), record) for link, record in batch.links] == [(VehicleMeterLink, source)]
     assert batch.newest is None
+
+
+def test_replacements_decode_on_the_links_stream() -> None:
+    swap = orjson.dumps({"vehicleId": "V", "replacedAt": iso(NOW)})
+    bad = orjson.dumps({"vehicleId": "V", "meterId": "M", "replacedAt": iso(NOW)})
+    sources = [
+        record(1, 7, swap, topic="fleet.links.v1"),
+        record(1, 8, bad, topic="fleet.links.v1"),
+    ]
+    batch = Batch.decode(
+        {TopicPartition("fleet.links.v1", 1): sources}, Stream.LINKS, DEFAULT_LIMITS
+    )
+    assert [(type(event), r) for event, r in batch.links] == [(DeviceReplacement, sources[0])]
+    assert [p.reason for p in batch.poison] == ["event: send exactly one of meterId and vehicleId"]
 
 
 def test_a_link_is_judged_at_its_records_time_so_a_replay_is_never_refused_later() -> None:

@@ -64,6 +64,27 @@ def test_single_event_is_published_as_its_canonical_json_keyed_by_device(
     ]
 
 
+def test_a_replacement_is_published_on_the_links_topic_keyed_by_device(
+    env: ModuleEnv, gateway: TestClient
+) -> None:
+    stamp = _ts(3)
+    response = gateway.post("/v1/replacements", json={"meterId": "GM-swap", "replacedAt": stamp})
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1, "links": 1}
+    records = read_all(env.services.kafka_bootstrap, env.topics.links, expected=1)
+    mine = [r.value for r in records if r.key == b"GM-swap"]
+    assert mine == [b'{"meterId":"GM-swap","replacedAt":"%s"}' % stamp.encode()]
+    for body, problem in [
+        ({"replacedAt": stamp}, "send exactly one of meterId and vehicleId"),
+        ({"meterId": "M", "vehicleId": "V", "replacedAt": stamp}, "exactly one"),
+        ({"meterId": "M"}, "replacedAt"),
+        ({"meterId": "M", "replacedAt": "2020-01-01T00:00:00Z"}, "retention"),
+    ]:
+        refused = gateway.post("/v1/replacements", json=body)
+        assert refused.status_code == 422, body
+        assert problem in refused.text, (body, refused.text)
+
+
 def test_batch_json_array_splits_streams(env: ModuleEnv, gateway: TestClient) -> None:
     events = [meter("GM-batch", i) for i in range(3)] + [vehicle("GV-batch", i) for i in range(2)]
     response = gateway.post("/v1/ingest/batch", json=events)

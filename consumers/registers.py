@@ -43,6 +43,10 @@ from psycopg import AsyncConnection, sql
 
 from consumers.tables import ReadingTable, Row
 
+#: An increase is rounded to this many decimals of a kWh (a µWh): the difference
+#: of two registers sent as decimals then reads as the decimal difference.
+RISE_DECIMALS = 9
+
 #: One microsecond: the finest step of a PostgreSQL timestamp.
 _US = timedelta(microseconds=1)
 
@@ -91,7 +95,9 @@ def counted(
 
     - no previous register: 0 (a device's first reading opens its register);
     - a replacement since: 0, noted ``replaced``;
-    - an increase: itself, if at most ``max_kw`` times the hours elapsed;
+    - an increase (rounded to :data:`RISE_DECIMALS` decimals of a kWh, well
+      below any meter's resolution): itself, if at most ``max_kw`` times the
+      hours elapsed;
       else 0, noted ``jump``;
     - a decrease is a reset, noted ``reset``: under ``restart`` the counter
       restarted at 0, so the new value, if plausible (else 0); under
@@ -102,7 +108,8 @@ def counted(
     if replaced:
         return 0.0, Note.REPLACED
     plausible = rules.max_kw * ((at - previous_at).total_seconds() / 3600.0)
-    rise = register - previous
+    # To the µWh: 506.8 - 500.0 is 6.8, not 6.800000000000011.
+    rise = round(register - previous, RISE_DECIMALS)
     if rise >= 0:
         return (rise, None) if rise <= plausible else (0.0, Note.JUMP)
     if rules.reset is ResetRule.RESTART and register <= plausible:

@@ -115,7 +115,7 @@ def expected(series: Series, rules: RegisterRules) -> dict[datetime, tuple[float
         else:
             hours = (at - _at(previous[0])) / timedelta(hours=1)
             limit = rules.max_kw * hours
-            rise = register - previous[1]
+            rise = round(register - previous[1], 9)
             if rise >= 0:
                 out[at] = (rise, None) if rise <= limit else (0.0, "jump")
             elif rules.reset is ResetRule.RESTART and register <= limit:

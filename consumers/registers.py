@@ -385,8 +385,6 @@ def _behind_sql(table: ReadingTable) -> sql.Composed:
 def _recount_sql(table: ReadingTable) -> sql.Composed:
     """Each register reading at the keys, and the reading after each key, with its
     stored energy and note, the reading before it and whether a replacement lies between."""
-    register = table.columns[table.register_index]
-    energy = table.columns[table.energy_index]
     return sql.SQL(
         "WITH keys AS (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS k(device, at)),"
         " targets AS ("
@@ -410,24 +408,24 @@ def _recount_sql(table: ReadingTable) -> sql.Composed:
         "  ORDER BY recorded_at DESC LIMIT 1) p ON true "
         "WHERE h.{register} IS NOT NULL "
         "ORDER BY t.device, t.at"
-    ).format(
-        history=sql.Identifier(table.history),
-        key=sql.Identifier(table.key),
-        register=sql.Identifier(register),
-        energy=sql.Identifier(energy),
-    )
+    ).format(**_names(table))
 
 
 def _update_sql(table: ReadingTable) -> sql.Composed:
     """Set the energy and note of history rows, from parallel arrays (device, time, kwh, note)."""
-    energy = table.columns[table.energy_index]
     return sql.SQL(
         "UPDATE {history} h SET {energy} = u.kwh, register_note = u.note"
         " FROM unnest(%b::text[], %b::timestamptz[], %b::float8[], %b::text[])"
         " AS u(device, at, kwh, note)"
         " WHERE h.{key} = u.device AND h.recorded_at = u.at"
-    ).format(
-        history=sql.Identifier(table.history),
-        key=sql.Identifier(table.key),
-        energy=sql.Identifier(energy),
-    )
+    ).format(**_names(table))
+
+
+def _names(table: ReadingTable) -> dict[str, sql.Identifier]:
+    """The identifiers the statements above name: history, its key, energy and register."""
+    return {
+        "history": sql.Identifier(table.history),
+        "key": sql.Identifier(table.key),
+        "energy": sql.Identifier(table.columns[table.energy_index]),
+        "register": sql.Identifier(table.columns[table.register_index]),
+    }

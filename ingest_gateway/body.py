@@ -10,7 +10,7 @@ checked before anything is parsed), then parsed and validated one at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 import orjson
@@ -25,12 +25,14 @@ from ingest_gateway.errors import (
 from ingest_gateway.publisher import Message
 from ingest_gateway.scan import Events, array_events, ndjson_events
 from schemas import (
+    DeviceReplacement,
     InvalidEvent,
     MeterReading,
     Reading,
     Stream,
     TopicNames,
     ValidationLimits,
+    VehicleMeterLink,
     canonical_json,
     link_from_obj,
     reading_from_obj,
@@ -265,36 +267,29 @@ def event_message(event: Reading, topics: TopicNames) -> Message:
     )
 
 
-def replacement_message(
-    obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits
-) -> Message:
-    """Validate one device replacement (sent on the links topic). Raises
-    :class:`InvalidPayload` naming each failing field."""
-    try:
-        event = replacement_from_obj(obj, limits, raw=raw)
-    except InvalidEvent as exc:
-        raise InvalidPayload(
-            f"replacement failed validation: {exc.reason}", [dict(e) for e in exc.errors]
-        ).holding(1) from None
-    return Message(
-        topic=topics.links,
-        key=event.device_id.encode(),
-        value=canonical_json(event),
-        stream=Stream.LINKS.value,
-    )
+def _links_topic_message(
+    validate: Callable[..., VehicleMeterLink | DeviceReplacement], what: str
+) -> Callable[[Any, bytes, TopicNames, ValidationLimits], Message]:
+    """The message builder of one kind of event on the links topic (validated by ``validate``)."""
+
+    def build(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:
+        try:
+            event = validate(obj, limits, raw=raw)
+        except InvalidEvent as exc:
+            raise InvalidPayload(
+                f"{what} failed validation: {exc.reason}", [dict(e) for e in exc.errors]
+            ).holding(1) from None
+        return Message(
+            topic=topics.links,
+            key=event.device_id.encode(),
+            value=canonical_json(event),
+            stream=Stream.LINKS.value,
+        )
+
+    build.__doc__ = f"Validate one {what} event. Raises InvalidPayload naming each failing field."
+    return build
 
 
-def link_message(obj: Any, raw: bytes, topics: TopicNames, limits: ValidationLimits) -> Message:
-    """Validate one link event. Raises :class:`InvalidPayload` naming each failing field."""
-    try:
-        link = link_from_obj(obj, limits, raw=raw)
-    except InvalidEvent as exc:
-        raise InvalidPayload(
-            f"link failed validation: {exc.reason}", [dict(e) for e in exc.errors]
-        ).holding(1) from None
-    return Message(
-        topic=topics.links,
-        key=link.device_id.encode(),
-        value=canonical_json(link),
-        stream=Stream.LINKS.value,
-    )
+#: One link event, and one device replacement (also on the links topic), to its message.
+link_message = _links_topic_message(link_from_obj, "link")
+replacement_message = _links_topic_message(replacement_from_obj, "replacement")

@@ -239,9 +239,7 @@ def link_from_obj(
 
     Raises :class:`InvalidEvent` naming every failing field, or each key ``raw`` holds twice.
     """
-    if not isinstance(obj, dict):
-        raise InvalidEvent("shape", f"link must be a JSON object, got {_json_type(obj)}")
-    link: VehicleMeterLink = _validated(VehicleMeterLink, raw or orjson.dumps(obj), limits, obj)
+    link: VehicleMeterLink = _object_as(VehicleMeterLink, "link", obj, limits, raw)
     return link
 
 
@@ -252,10 +250,21 @@ def replacement_from_obj(
 
     Raises :class:`InvalidEvent` naming every failing field, or each key ``raw`` holds twice.
     """
-    if not isinstance(obj, dict):
-        raise InvalidEvent("shape", f"replacement must be a JSON object, got {_json_type(obj)}")
-    event: DeviceReplacement = _validated(DeviceReplacement, raw or orjson.dumps(obj), limits, obj)
+    event: DeviceReplacement = _object_as(DeviceReplacement, "replacement", obj, limits, raw)
     return event
+
+
+def _object_as(
+    model: type[VehicleMeterLink] | type[DeviceReplacement],
+    what: str,
+    obj: Any,
+    limits: ValidationLimits,
+    raw: bytes | None,
+) -> Any:
+    """``obj``, a JSON object, validated as ``model`` (called ``what`` in a refusal)."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent("shape", f"{what} must be a JSON object, got {_json_type(obj)}")
+    return _validated(model, raw or orjson.dumps(obj), limits, obj)
 
 
 def canonical_json(event: Reading | VehicleMeterLink | DeviceReplacement) -> bytes:

@@ -61,8 +61,8 @@ schemas: venv
 bench: bench-consumer bench-consumer-registers bench-gateway bench-gateway-memory bench-broken-clients bench-analytics bench-freshness bench-recovery
 
 # Benchmarks that need Kafka and PostgreSQL and find none given (KAFKA_BOOTSTRAP_SERVERS and
-# DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (59092),
-# BENCH_KAFKA_CONTROLLER_PORT (59093) and BENCH_PG_PORT (55432).
+# DATABASE_URL) start a private stack in .stack/bench on ports BENCH_KAFKA_PORT (28092),
+# BENCH_KAFKA_CONTROLLER_PORT (28093) and BENCH_PG_PORT (28432).
 
 # BENCH_CONSUMER_ARGS e.g. "--events 500000".
 bench-consumer: venv

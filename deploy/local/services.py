@@ -89,7 +89,8 @@ class LocalStack:
 #: The test session's stack.
 TEST_STACK = LocalStack.from_env("test", "TEST", 29092, 29093, 25432)
 #: The benchmarks' stack (each run makes its own database and topics in it).
-BENCH_STACK = LocalStack.from_env("bench", "BENCH", 59092, 59093, 55432)
+# Below the ephemeral port range (32768-60999): no client connection can hold them.
+BENCH_STACK = LocalStack.from_env("bench", "BENCH", 28092, 28093, 28432)
 
 
 @dataclass(frozen=True)

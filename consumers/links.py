@@ -50,13 +50,14 @@ short; readings never take this lock.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from psycopg import AsyncConnection, sql
 
 from consumers.batch import Batch, Entry
 from consumers.connection import WriterConnection, in_transaction
-from consumers.readings import add_to_rollup
+from consumers.readings import add_to_rollup, noted
 from consumers.registers import RegisterBook, RegisterRules
 from consumers.sink import INVALID_ROW_ERRORS, Rejected, WriteResult, describe
 from consumers.tables import READING_TABLES
@@ -127,9 +128,9 @@ class LinkSink:
             return WriteResult()
 
         async def work() -> WriteResult:
-            replaced = await self._replace(conn, swaps)
+            replaced, notes = await self._replace(conn, swaps)
             if not links:
-                return WriteResult(replaced, len(swaps) - replaced)
+                return WriteResult(replaced, len(swaps) - replaced, notes=notes)
             await conn.execute(_LOCK, (LINKS_LOCK_KEY,))
             touched = _ids(link for link, _ in links)
             before = await _count_contested(conn, touched)
@@ -137,14 +138,19 @@ class LinkSink:
             await conn.execute(_APPLY, touched)
             after = await _count_contested(conn, touched)
             duplicates = len(events) - len(rejected) - changed - replaced
-            return WriteResult(changed + replaced, duplicates, rejected, contested=after - before)
+            return WriteResult(
+                changed + replaced, duplicates, rejected, contested=after - before, notes=notes
+            )
 
         return await in_transaction(conn, work)
 
-    async def _replace(self, conn: AsyncConnection, swaps: Sequence[DeviceReplacement]) -> int:
-        """Store new replacements and recount the reading each one reaches; how many were new."""
+    async def _replace(
+        self, conn: AsyncConnection, swaps: Sequence[DeviceReplacement]
+    ) -> tuple[int, dict[tuple[str, str], int]]:
+        """Store new replacements and recount the reading each one reaches; how many were
+        new, and the notes the recounted readings got."""
         if not swaps:
-            return 0
+            return 0, {}
         columns = (
             [s.stream for s in swaps],
             [s.device_id for s in swaps],
@@ -152,6 +158,7 @@ class LinkSink:
         )
         cur = await conn.execute(_ADD_REPLACEMENTS, columns)
         new = await cur.fetchall()
+        notes: Counter[tuple[str, str]] = Counter()
         for stream in sorted({row[0] for row in new}):
             book = self._books[stream]
             # Readings of the stream wait while its readings are recounted.
@@ -163,7 +170,8 @@ class LinkSink:
             keys = [(device, book.before(at)) for s, device, at in new if s == stream]
             adjustments = await book.recount(conn, keys)
             await add_to_rollup(conn, book.table, (), adjustments)
-        return len(new)
+            notes.update(noted(stream, adjustments))
+        return len(new), dict(notes)
 
     async def _add_claims(
         self, conn: AsyncConnection, links: Sequence[Entry[VehicleMeterLink]]

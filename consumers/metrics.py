@@ -27,6 +27,18 @@ LINK_CLAIMS_CONTESTED = Counter(
     "Link claims that became contested: another claim starts at the same instant on the "
     "same vehicle (another meter) or the same meter (another vehicle); neither takes effect.",
 )
+REGISTER_NOTES = Counter(
+    "energy_consumer_register_notes_total",
+    "Register readings stored counting less than their increase, by why: reset (the register "
+    "went down), jump (implausibly large increase), replaced (a declared device replacement).",
+    ["stream", "note"],
+)
+LATE_READINGS = Counter(
+    "energy_consumer_late_readings_total",
+    "Readings stored at or before their device's newest one: each, and the reading after it, "
+    "was counted again from history.",
+    ["stream"],
+)
 RETRIES = Counter(
     "energy_consumer_retries_total",
     "Batches retried because PostgreSQL or Kafka was unavailable.",

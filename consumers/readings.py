@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from functools import partial
@@ -139,12 +140,20 @@ class ReadingSink:
             by_row = {id(row): entry for row, entry in zip(counted, entries, strict=True)}
             raise _Refused([(by_row[id(e[0])], why) for e, why in refused])
         adjustments: list[Adjustment] = []
+        inserted_late: list[tuple[str, datetime]] = []
         if late:
             new = {row_key(row) for row in inserted}
-            adjustments = await self.registers.recount(conn, (k for k in late if k in new))
+            inserted_late = [k for k in late if k in new]
+            adjustments = await self.registers.recount(conn, inserted_late)
         await add_to_rollup(conn, self.table, inserted, adjustments)
         # Repeats within the batch and rows stored before were not inserted.
-        return WriteResult(len(inserted), len(entries) - len(inserted))
+        result = WriteResult(len(inserted), len(entries) - len(inserted))
+        if late or counted is not rows:
+            stream = self.table.stream.value
+            notes = Counter((stream, row[-1]) for row in inserted if row[-1] is not None)
+            notes.update(noted(stream, adjustments))
+            result.notes, result.late = dict(notes), len(inserted_late)
+        return result
 
     async def _insert(
         self, conn: AsyncConnection, entries: Sequence[Entry[Row]]
@@ -212,6 +221,11 @@ async def add_to_rollup(
     await conn.execute(_ROLLUPS[table.stream, notes], columns if notes else columns[:-2])
 
 
+def noted(stream: str, adjustments: Sequence[Adjustment]) -> Counter[tuple[str, str]]:
+    """The notes recounted readings newly got, per (``stream``, note)."""
+    return Counter((stream, a[-1]) for a in adjustments if a[-1] is not None)
+
+
 def hourly_deltas(
     rows: Sequence[Row],
     sums: tuple[tuple[str, int], ...],
@@ -246,7 +260,7 @@ def hourly_deltas(
         slot = acc[(row[0], hours[row[1]])]
         slot[resets] += row[-1] == Note.RESET
         slot[jumps] += row[-1] == Note.JUMP
-    for device, at, kwh, reset, jump in adjustments:
+    for device, at, kwh, reset, jump, _note in adjustments:
         key = (device, int(at.timestamp()) // 3600)
         slot = acc.get(key)
         if slot is None:

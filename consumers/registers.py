@@ -142,8 +142,9 @@ class LiveResult:
     registers: bool
 
 
-#: (device, hour, readings, energy delta, resets delta, jumps delta) per rollup row.
-Adjustment = tuple[str, datetime, float, int, int]
+#: A recounted reading: (device, its hour, energy delta, resets delta, jumps delta, its
+#: new note when that changed to one, else None).
+Adjustment = tuple[str, datetime, float, int, int, str | None]
 
 
 class RegisterBook:
@@ -310,6 +311,7 @@ class RegisterBook:
                     new_kwh - kwh,
                     (new_note_text == Note.RESET) - (note == Note.RESET),
                     (new_note_text == Note.JUMP) - (note == Note.JUMP),
+                    new_note_text if new_note_text != note else None,
                 )
             )
         if changed:

@@ -41,6 +41,11 @@ class WriteResult:
     rejected: list[Rejected] = field(default_factory=list)
     #: Link claims that became contested (see :mod:`consumers.links`).
     contested: int = 0
+    #: Register readings counted with a note (reset, jump, replaced) when written or
+    #: recounted, per (stream, note).
+    notes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Late readings inserted (counted again with the reading after each).
+    late: int = 0
 
 
 class Sink(Protocol):

@@ -230,6 +230,10 @@ class StreamWorker:
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
         if result.contested:
             metrics.LINK_CLAIMS_CONTESTED.inc(result.contested)
+        for (stream, note), count in result.notes.items():
+            metrics.REGISTER_NOTES.labels(stream, note).inc(count)
+        if result.late:
+            metrics.LATE_READINGS.labels(label).inc(result.late)
         for p in poison:
             metrics.DEAD_LETTERED.labels(label, p.error_class).inc()
         self._observe_lag(batch.offsets)

@@ -174,7 +174,9 @@ def deliver(rng: random.Random, all_series: list[Series]) -> Delivery:
     return out
 
 
-async def _run(env: ModuleEnv, delivery: Delivery, rules: RegisterRules) -> None:
+async def _run(env: ModuleEnv, delivery: Delivery, rules: RegisterRules) -> Counter[Any]:
+    """Write the delivery; the notes the writes reported (for the metrics), and late readings."""
+    reported: Counter[Any] = Counter()
     db = WriterConnection(env.writer_url)
     try:
         for kind, items in delivery.steps:
@@ -192,8 +194,11 @@ async def _run(env: ModuleEnv, delivery: Delivery, rules: RegisterRules) -> None
                     Batch(offsets={}, readings=entries)
                 )
             assert result.rejected == []
+            reported.update(result.notes)
+            reported["late"] += result.late
     finally:
         await db.discard()
+    return reported
 
 
 def _check(env: ModuleEnv, all_series: list[Series], rules: RegisterRules) -> Counter[str]:
@@ -272,8 +277,20 @@ def test_registers_are_exact_in_any_arrival_order(
     cases = CASES if rules is RULES else CASES // 4
     all_series = [random_series(rng, seed * 1000 + n) for n in range(cases)]
     delivery = deliver(rng, all_series)
-    asyncio.run(_run(env, delivery, rules))
+    reported = asyncio.run(_run(env, delivery, rules))
     notes = _check(env, all_series, rules)
+    # Every note history ends with was reported when it was set (a later reading
+    # may take it back: reported counts at least what remains).
+    for stream, key in ((Stream.METER, "meter_id"), (Stream.VEHICLE, "vehicle_id")):
+        history = f"{stream.value}_readings_history"
+        for note in ("reset", "jump", "replaced"):
+            (stored,) = env.query(
+                f"SELECT count(*) FROM {history} WHERE register_note = %s"  # noqa: S608 -- constant names
+                f" AND {key} LIKE %s",
+                (note, f"R{seed}___-%"),
+            )
+            assert reported[(stream.value, note)] >= stored[0], (stream, note)
+    assert reported["late"] > 0
     stats = delivery.stats
     print(
         f"\nregisters ({rules.reset.value}, {rules.max_kw:g} kW): {cases} cases,"

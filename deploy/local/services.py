@@ -1,13 +1,19 @@
 """Real Kafka and PostgreSQL for a test session or a benchmark, from wherever they can be had.
 
-In order of preference:
+The backend is ``TEST_BACKEND`` (tests) or ``BENCH_BACKEND`` (benchmarks):
 
-1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` (an admin URL able to
-   create databases) from the environment, used as they are;
-2. testcontainers, when a Docker engine answers;
-3. the project's local stack (``deploy/local/stack.py``) in its own folder on
-   its own ports (``.stack/test`` for tests, ``.stack/bench`` for benchmarks),
-   started for the session and stopped after it.
+- ``env``: ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` (an admin URL able
+  to create databases) from the environment, used as they are;
+- ``testcontainers``: containers of ``KAFKA_IMAGE`` (``apache/kafka:4.1.1``,
+  run in KRaft mode) and ``POSTGRES_IMAGE`` (``postgres:16``) on a Docker engine;
+- ``local``: the project's local stack (``deploy/local/stack.py``) in its own
+  folder on its own ports (``.stack/test`` for tests, ``.stack/bench`` for
+  benchmarks), started for the session and stopped after it.
+
+Unset, the first that can be had, in that order: ``env`` when both variables
+are set, ``testcontainers`` when a Docker engine answers and has (or can pull)
+both images, else ``local``. A Docker engine that answers but cannot provide
+the images (no registry) falls back to ``local`` with one line saying why.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class LocalStack:
     pg_port: int
     #: The broker's Prometheus metrics (its JMX exporter agent).
     kafka_jmx_port: int
+    #: The prefix of the variables that choose this stack's ports and backend.
+    env_prefix: str = "TEST"
 
     @classmethod
     def from_env(cls, name: str, prefix: str, kafka: int, controller: int, pg: int) -> LocalStack:
@@ -63,6 +71,7 @@ class LocalStack:
             int(os.environ.get(f"{prefix}_KAFKA_CONTROLLER_PORT", str(controller))),
             int(os.environ.get(f"{prefix}_PG_PORT", str(pg))),
             int(os.environ.get(f"{prefix}_KAFKA_JMX_PORT", str(kafka_port + 2))),
+            prefix,
         )
 
     @property
@@ -122,30 +131,142 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
-def _docker_answers() -> bool:
+#: The images of the testcontainers backend; official ones unless overridden.
+KAFKA_IMAGE_DEFAULT = "apache/kafka:4.1.1"
+POSTGRES_IMAGE_DEFAULT = "postgres:16"
+BACKENDS = ("env", "testcontainers", "local")
+#: How long a missing image may take to pull before the engine counts as unable to.
+PULL_TIMEOUT_S = 120.0
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for (``<PREFIX>_BACKEND``) cannot be had; says why."""
+
+
+def _images() -> tuple[str, str]:
+    return (
+        os.environ.get("KAFKA_IMAGE") or KAFKA_IMAGE_DEFAULT,
+        os.environ.get("POSTGRES_IMAGE") or POSTGRES_IMAGE_DEFAULT,
+    )
+
+
+def _docker(*args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str] | None:
+    """``docker <args>``, or ``None`` when there is no docker command or it hangs."""
     if shutil.which("docker") is None:
-        return False
+        return None
     try:
-        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
+        return subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+        return None
+
+
+def _docker_answers() -> bool:
+    probe = _docker("info")
+    return probe is not None and probe.returncode == 0
+
+
+def testcontainers_problem() -> str | None:
+    """Why the testcontainers backend cannot run here, or ``None`` if it can.
+
+    It needs a Docker engine that answers and holds both images, pulling a
+    missing one (within :data:`PULL_TIMEOUT_S`).
+    """
+    if not _docker_answers():
+        return "no Docker engine answers (docker info)"
+    for image in _images():
+        inspected = _docker("image", "inspect", image)
+        if inspected is not None and inspected.returncode == 0:
+            continue
+        pulled = _docker("pull", "--quiet", image, timeout_s=PULL_TIMEOUT_S)
+        if pulled is None or pulled.returncode != 0:
+            why = (
+                "timed out"
+                if pulled is None
+                else (pulled.stderr.strip().splitlines() or ["failed"])[-1]
+            )
+            return f"the Docker engine has no image {image} and cannot pull it ({why})"
+    return None
+
+
+def choose_backend(prefix: str) -> str:
+    """The backend of a session whose variables start with ``prefix`` (see the module docstring).
+
+    Raises :class:`BackendUnavailable` when the one asked for cannot be had.
+    """
+    asked = os.environ.get(f"{prefix}_BACKEND", "").strip().lower()
+    if asked and asked not in BACKENDS:
+        raise BackendUnavailable(f"{prefix}_BACKEND={asked!r}: choose one of {', '.join(BACKENDS)}")
+    env_given = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"))
+    if asked == "env" and not env_given:
+        raise BackendUnavailable(
+            f"{prefix}_BACKEND=env needs KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL set"
+        )
+    if asked:
+        if asked == "testcontainers":
+            problem = testcontainers_problem()
+            if problem is not None:
+                raise BackendUnavailable(f"{prefix}_BACKEND=testcontainers: {problem}")
+        return asked
+    if env_given:
+        return "env"
+    if not _docker_answers():
+        return "local"
+    problem = testcontainers_problem()
+    if problem is None:
+        return "testcontainers"
+    print(
+        f"services: local stack, not testcontainers: {problem} "
+        f"(set {prefix}_BACKEND=env|testcontainers|local to choose)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return "local"
 
 
 @contextmanager
 def _from_testcontainers() -> Iterator[Services]:
-    from testcontainers.kafka import KafkaContainer
+    """Kafka (KRaft, one combined node) and PostgreSQL in containers, for one session.
+
+    The Kafka image is run as a generic container configured through the
+    official ``apache/kafka`` image's environment (testcontainers'
+    ``KafkaContainer`` assumes Confluent's images). Its client listener is
+    published on a port chosen here, so that it can advertise it.
+    """
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.postgres import PostgresContainer
 
-    with (
+    kafka_image, postgres_image = _images()
+    port = free_port()
+    kafka = (
+        DockerContainer(kafka_image)
+        .with_bind_ports(29092, port)
+        .with_env("KAFKA_NODE_ID", "1")
+        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093,HOST://:29092")
+        .with_env(
+            "KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://localhost:9092,HOST://127.0.0.1:{port}"
+        )
+        .with_env(
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,HOST:PLAINTEXT",
+        )
+        .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "PLAINTEXT")
+        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         # The consumers' 3 s sessions are below the broker's default floor (6 s).
-        KafkaContainer("apache/kafka:4.1.1")
-        .with_kraft()
-        .with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "1000") as kafka,
-        PostgresContainer("postgres:16", driver=None) as pg,
-    ):
+        .with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "1000")
+    )
+    with kafka, PostgresContainer(postgres_image, driver=None) as pg:
+        wait_for_logs(kafka, "Kafka Server started", timeout=120)
         url = pg.get_connection_url()
-        yield Services(kafka.get_bootstrap_server(), url, url, url)
+        yield Services(f"127.0.0.1:{port}", url, url, url)
 
 
 @contextmanager
@@ -207,11 +328,11 @@ def _wait_gone(pid: int, timeout_s: float = 60.0) -> None:
 @contextmanager
 def session_services(stack: LocalStack = TEST_STACK) -> Iterator[Services]:
     """Kafka and PostgreSQL for one session (see the module docstring)."""
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    database = os.environ.get("DATABASE_URL")
-    if kafka and database:
-        yield Services(kafka, database, database, database)
-    elif _docker_answers():
+    backend = choose_backend(stack.env_prefix)
+    if backend == "env":
+        database = os.environ["DATABASE_URL"]
+        yield Services(os.environ["KAFKA_BOOTSTRAP_SERVERS"], database, database, database)
+    elif backend == "testcontainers":
         with _from_testcontainers() as services:
             yield services
     else:

@@ -27,8 +27,10 @@ from deploy.local.kafka_tools import create_topics, delete_topics
 from deploy.local.services import (
     ROOT,
     TEST_STACK,
+    BackendUnavailable,
     Database,
     Services,
+    backend_choice,
     create_database,
     drop_database,
     free_port,
@@ -43,6 +45,15 @@ WORKER_LOGS = TEST_STACK.layout.logs / "workers"
 
 API_KEY = "test-key-0123456789"
 T = TypeVar("T")
+
+
+def pytest_report_header() -> str:
+    """Which services the session gets (``TEST_BACKEND``), and why when it fell back."""
+    try:
+        backend, fallback = backend_choice(TEST_STACK.env_prefix)
+    except BackendUnavailable as exc:
+        return f"services: {exc}"
+    return fallback or f"services: {backend} (TEST_BACKEND=env|testcontainers|local to choose)"
 
 
 @pytest.fixture(scope="session")

@@ -193,8 +193,17 @@ def testcontainers_problem() -> str | None:
 def choose_backend(prefix: str) -> str:
     """The backend of a session whose variables start with ``prefix`` (see the module docstring).
 
-    Raises :class:`BackendUnavailable` when the one asked for cannot be had.
+    A fallback from testcontainers to the local stack is said in one line on
+    stderr. Raises :class:`BackendUnavailable` when the one asked for cannot be had.
     """
+    backend, fallback = backend_choice(prefix)
+    if fallback is not None:
+        print(fallback, file=sys.stderr, flush=True)
+    return backend
+
+
+def backend_choice(prefix: str) -> tuple[str, str | None]:
+    """:func:`choose_backend`'s answer, and the line saying why it fell back (else ``None``)."""
     asked = os.environ.get(f"{prefix}_BACKEND", "").strip().lower()
     if asked and asked not in BACKENDS:
         raise BackendUnavailable(f"{prefix}_BACKEND={asked!r}: choose one of {', '.join(BACKENDS)}")
@@ -208,21 +217,18 @@ def choose_backend(prefix: str) -> str:
             problem = testcontainers_problem()
             if problem is not None:
                 raise BackendUnavailable(f"{prefix}_BACKEND=testcontainers: {problem}")
-        return asked
+        return asked, None
     if env_given:
-        return "env"
+        return "env", None
     if not _docker_answers():
-        return "local"
+        return "local", None
     problem = testcontainers_problem()
     if problem is None:
-        return "testcontainers"
-    print(
+        return "testcontainers", None
+    return "local", (
         f"services: local stack, not testcontainers: {problem} "
-        f"(set {prefix}_BACKEND=env|testcontainers|local to choose)",
-        file=sys.stderr,
-        flush=True,
+        f"(set {prefix}_BACKEND=env|testcontainers|local to choose)"
     )
-    return "local"
 
 
 @contextmanager

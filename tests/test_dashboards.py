@@ -18,8 +18,9 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -84,7 +85,8 @@ def monitored(
 
 
 def _send_load(env: ModuleEnv, gateway_url: str, gateway_key: str, analytics_url: str) -> None:
-    """A short simulated fleet, invalid events, a duplicate, poison, analytics reads."""
+    """A short simulated fleet, invalid events, a duplicate, poison, analytics reads, and
+    a meter register that resets, then a late reading of it."""
     simulated = subprocess.run(
         [
             sys.executable,
@@ -125,11 +127,32 @@ def _send_load(env: ModuleEnv, gateway_url: str, gateway_key: str, analytics_url
         assert sent == [202, 202]
         assert gateway.post("/v1/ingest/batch", json=invalid).status_code == 422
     produce(env.services.kafka_bootstrap, env.topics.meter, [(b"dash-poison", b"{not json")])
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.Client(base_url=analytics_url, headers=auth) as analytics:
+    # A meter register that goes down (a reset), then, once both are stored, a
+    # reading between them (late).
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+
+    def register(seconds: int, kwh: float) -> dict[str, Any]:
+        at = (start + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+        return {"meterId": "dash-reg", "kwhRegisterAc": kwh, "timestamp": at}
+
+    newest = register(60, 40.0)
+    with httpx.Client(base_url=gateway_url, headers=auth) as gateway:
+        answer = gateway.post("/v1/ingest/batch", json=[register(0, 100.0), newest])
+        assert answer.status_code == 202
+    readers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=analytics_url, headers=readers) as analytics:
         # Stored once the consumer committed it: then both routes answer 200.
         for path in ("/v1/vehicles/dash-dup/live", "/v1/analytics/performance/dash-dup"):
             wait_for(partial(_answers_200, analytics, path), timeout_s=30)
+        wait_for(partial(_live_at, analytics, "dash-reg", newest["timestamp"]), timeout_s=30)
+    with httpx.Client(base_url=gateway_url, headers=auth) as gateway:
+        assert gateway.post("/v1/ingest", json=register(30, 101.0)).status_code == 202
+
+
+def _live_at(client: httpx.Client, meter: str, timestamp: str) -> bool:
+    """Whether the meter's live status is its reading at ``timestamp``."""
+    answer = client.get(f"/v1/meters/{meter}/live")
+    return answer.status_code == 200 and answer.json()["timestamp"] == timestamp
 
 
 def _answers_200(client: httpx.Client, path: str) -> bool:

@@ -103,7 +103,20 @@ def test_the_oldest_committed_dead_letter_is_found_in_any_partition(env: ModuleE
         # Never committed, so never a dead letter, however old.
         aborted=[(1, now_ms - 20 * DAY_MS), (2, now_ms - 20 * DAY_MS)],
     )
-    assert asyncio.run(oldest_timestamp(bootstrap, topic)) == eight_days / 1000
+    # A transaction's commit markers reach its partitions just after the commit
+    # returns: until then read_committed readers see nothing of it. Wait for them.
+    seen: list[float | None] = []
+
+    def oldest_is_the_eight_days_old() -> bool:
+        seen.append(asyncio.run(oldest_timestamp(bootstrap, topic)))
+        return seen[-1] == eight_days / 1000
+
+    wait_for(
+        oldest_is_the_eight_days_old,
+        timeout_s=30,
+        interval_s=0.5,
+        explain=lambda: f"oldest found: {seen[-1]}, expected {eight_days / 1000}",
+    )
 
 
 def test_a_worker_exports_its_streams_oldest_dead_letter(env: ModuleEnv) -> None:

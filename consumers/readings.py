@@ -261,7 +261,7 @@ def hourly_deltas(
         slot[resets] += row[-1] == Note.RESET
         slot[jumps] += row[-1] == Note.JUMP
     for device, at, kwh, reset, jump, _note in adjustments:
-        key = (device, int(at.timestamp()) // 3600)
+        key = (device, int(at.timestamp()) // 3600)  # the reading's hour
         slot = acc.get(key)
         if slot is None:
             slot = acc[key] = [0, *([0.0] * width), 0, 0]
@@ -284,16 +284,6 @@ def _values_at(indexes: list[int]) -> Callable[[Row], tuple[Any, ...]]:
         (index,) = indexes
         return lambda row: (row[index],)
     return operator.itemgetter(*indexes)
-
-
-def coalesce_latest(rows: Sequence[Row]) -> list[Row]:
-    """The newest row per device (by device timestamp; the first on a tie)."""
-    latest: dict[str, Row] = {}
-    for row in rows:
-        current = latest.get(row[0])
-        if current is None or row[1] > current[1]:
-            latest[row[0]] = row
-    return list(latest.values())
 
 
 def _is_missing_partition(exc: Exception) -> bool:

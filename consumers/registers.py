@@ -35,7 +35,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -142,7 +142,7 @@ class LiveResult:
     registers: bool
 
 
-#: A recounted reading: (device, its hour, energy delta, resets delta, jumps delta, its
+#: A recounted reading: (device, its time, energy delta, resets delta, jumps delta, its
 #: new note when that changed to one, else None).
 Adjustment = tuple[str, datetime, float, int, int, str | None]
 
@@ -156,7 +156,7 @@ class RegisterBook:
         self._energy = table.energy_index
         self._register = table.register_index
         self._register_of = operator.itemgetter(table.register_index)
-        self._upsert = _upsert_live(table)
+        self._upsert = table.upsert_live()
         self._behind = _behind_sql(table)
         self._recount = _recount_sql(table)
         self._update = _update_sql(table)
@@ -307,7 +307,7 @@ class RegisterBook:
             adjustments.append(
                 (
                     device,
-                    _hour(at),
+                    at,
                     new_kwh - kwh,
                     (new_note_text == Note.RESET) - (note == Note.RESET),
                     (new_note_text == Note.JUMP) - (note == Note.JUMP),
@@ -328,52 +328,6 @@ class RegisterBook:
 def _at(row: Row) -> datetime:
     at: datetime = row[1]
     return at
-
-
-def _hour(at: datetime) -> datetime:
-    return datetime.fromtimestamp(int(at.timestamp()) // 3600 * 3600, UTC)
-
-
-def _upsert_live(table: ReadingTable) -> sql.Composed:
-    """Live status from parallel arrays (newest device time wins), returning the heads
-    the registers may need, and whether some device did not move.
-
-    The parameters: arrays of the live columns; whether the batch holds
-    register readings (then every replaced head is returned); the batch's
-    oldest time (else only heads at or after it are returned: a device with a
-    reading at or before its head has one); the number of devices. When fewer
-    moved, a last row of NULLs says so (:data:`_BEHIND` finds which). No join:
-    the common case (every device moved, interval readings) returns nothing.
-    ``ON CONFLICT DO UPDATE`` locks every conflicting row, moved or not: a
-    second writer of a device waits here.
-    """
-    cols = table.columns
-    types = ("text", "timestamptz", *table.pg_types)
-    register = table.columns[table.register_index]
-    names = sql.SQL(", ").join(map(sql.Identifier, cols))
-    return sql.SQL(
-        "WITH moved AS ("
-        " INSERT INTO {live} AS live ({names}, updated_at)"
-        " SELECT *, now() FROM unnest({arrays})"
-        " ON CONFLICT ({key}) DO UPDATE SET {updates},"
-        " previous_recorded_at = live.recorded_at, previous_register = live.{register}"
-        " WHERE live.recorded_at < EXCLUDED.recorded_at"
-        " RETURNING {key}, previous_recorded_at, previous_register"
-        ") "
-        "SELECT * FROM moved"
-        " WHERE previous_recorded_at IS NOT NULL AND (%b::bool OR previous_recorded_at >= %b)"
-        " UNION ALL SELECT NULL, NULL, NULL WHERE (SELECT count(*) FROM moved) < %b"
-    ).format(
-        arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in types),
-        names=names,
-        live=sql.Identifier(table.live),
-        key=sql.Identifier(table.key),
-        register=sql.Identifier(register),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
-            for c in (*cols[1:], "updated_at")
-        ),
-    )
 
 
 def _behind_sql(table: ReadingTable) -> sql.Composed:

@@ -111,9 +111,19 @@ class ReadingTable:
         )
 
     def upsert_live(self) -> sql.Composed:
-        """Multi-row upsert of live status from parallel arrays, newest device time winning.
+        """Multi-row upsert of live status from parallel arrays, newest device time winning,
+        returning the heads the registers may need (:mod:`consumers.registers`).
 
-        An older or equal ``recorded_at`` never overwrites the stored one.
+        An older or equal ``recorded_at`` never overwrites the stored one; a
+        moved row keeps the time and register it replaced (``previous_*``).
+        The parameters: arrays of the live columns; whether the batch holds
+        register readings (then every replaced head is returned); the batch's
+        oldest time (else only heads at or after it are returned: a device with
+        a reading at or before its head has one); the number of devices. When
+        fewer moved, a last row of NULLs says so. No join: the common case
+        (every device moved, interval readings) returns nothing. ``ON CONFLICT
+        DO UPDATE`` locks every conflicting row, moved or not: a second writer
+        of a device waits here.
         """
         cols = self.columns
         arrays = sql.SQL(", ").join(
@@ -126,16 +136,24 @@ class ReadingTable:
             for c in (*cols[1:], "updated_at")
         )
         return sql.SQL(
-            "INSERT INTO {live} AS live ({cols}, updated_at) "
-            "SELECT *, now() FROM unnest({arrays}) "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates} "
-            "WHERE live.recorded_at < EXCLUDED.recorded_at"
+            "WITH moved AS ("
+            " INSERT INTO {live} AS live ({cols}, updated_at)"
+            " SELECT *, now() FROM unnest({arrays})"
+            " ON CONFLICT ({key}) DO UPDATE SET {updates},"
+            " previous_recorded_at = live.recorded_at, previous_register = live.{register}"
+            " WHERE live.recorded_at < EXCLUDED.recorded_at"
+            " RETURNING {key}, previous_recorded_at, previous_register"
+            ") "
+            "SELECT * FROM moved"
+            " WHERE previous_recorded_at IS NOT NULL AND (%b::bool OR previous_recorded_at >= %b)"
+            " UNION ALL SELECT NULL, NULL, NULL WHERE (SELECT count(*) FROM moved) < %b"
         ).format(
             live=sql.Identifier(self.live),
             cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
             arrays=arrays,
             key=sql.Identifier(self.key),
             updates=updates,
+            register=sql.Identifier(cols[self.register_index]),
         )
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,12 @@ def at(minute: int) -> datetime:
 
 def _metrics(client: TestClient) -> str:
     return client.get("/metrics").text
+
+
+def _metrics_once(client: TestClient, name: str, at_least: float) -> str:
+    """``/metrics`` once ``name`` has reached ``at_least``, else the empty string."""
+    text = _metrics(client)
+    return text if metric_value(text, name) >= at_least else ""
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +102,8 @@ def test_gauges_are_not_refreshed_while_the_database_is_down(env: ModuleEnv) -> 
     settings = AnalyticsSettings(database_url=dead, api_keys=API_KEY, silent_refresh_s=0.1)
     with TestClient(create_app(settings)) as client:
         text = wait_for(
-            lambda: (
-                (t := _metrics(client))
-                if metric_value(t, "energy_silent_devices_refresh_failures_total") >= failed + 2
-                else None
+            lambda: _metrics_once(
+                client, "energy_silent_devices_refresh_failures_total", failed + 2
             ),
             timeout_s=30,
         )
@@ -261,10 +266,8 @@ def test_gauges_count_silent_devices_per_stream_and_threshold(
 ) -> None:
     written = datetime.now(UTC).timestamp()
     text = wait_for(
-        lambda: (
-            (t := _metrics(api))
-            if metric_value(t, "energy_silent_devices_refreshed_timestamp_seconds") > written
-            else None
+        lambda: _metrics_once(
+            api, "energy_silent_devices_refreshed_timestamp_seconds", math.nextafter(written, 2e9)
         )
     )
     refreshed = metric_value(text, "energy_silent_devices_refreshed_timestamp_seconds")

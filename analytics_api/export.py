@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 CSV_TYPE = "text/csv"
 
@@ -18,6 +19,12 @@ def wants_csv(request: Request) -> bool:
     """Whether the client prefers CSV to JSON."""
     accept = request.headers.get("accept", "")
     return CSV_TYPE in accept and "application/json" not in accept.split(CSV_TYPE)[0]
+
+
+def table_responses(model: type[BaseModel], columns: Sequence[str]) -> dict[int | str, Any]:
+    """OpenAPI for a 200 of ``model`` as JSON, or as CSV of ``columns`` on ``Accept: text/csv``."""
+    csv_doc = {"type": "string", "description": "CSV with a header row: " + ",".join(columns)}
+    return {200: {"model": model, "content": {CSV_TYPE: {"schema": csv_doc}}}}
 
 
 def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filename: str) -> Response:

@@ -8,13 +8,14 @@ view reads rollups only (plus history for links that change inside an hour).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection
-from psycopg.rows import BaseRowFactory, class_row
+from psycopg import AsyncConnection, sql
+from psycopg.rows import BaseRowFactory, args_row, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from analytics_api.errors import DatabaseUnavailable
@@ -448,3 +449,115 @@ class Reader:
     async def meter_links(self, meter_id: str) -> list[LinkClaim]:
         """Every link claim of a meter, oldest start first (empty if never linked)."""
         return await self._fetchall(METER_LINKS_SQL, (meter_id,), class_row(LinkClaim))
+
+    async def silent(
+        self, at_least: timedelta, kinds: Sequence[str], limit: int, offset: int
+    ) -> SilentPage:
+        """One page of the devices of ``kinds`` silent for ``at_least`` or longer, and their count.
+
+        Longest silent first, then by id (and kind). Takes a fleet slot: it
+        reads the live status of the whole fleet. Raises :class:`FleetBusy`
+        when no slot frees in time.
+        """
+        params = {
+            "for": at_least,
+            "vehicles": "vehicle" in kinds,
+            "meters": "meter" in kinds,
+            "limit": limit,
+            "offset": offset,
+        }
+        async with self._fleet_slots.slot():
+            rows = await self._fetchall(SILENT_SQL, params, args_row(_silent_row))
+        as_of, total, _ = rows[0]  # one row even for a page past the end
+        return SilentPage(as_of, total, [item for _, _, item in rows if item is not None])
+
+    async def silent_counts(self, thresholds: Sequence[timedelta]) -> list[SilentCounts]:
+        """Per stream: its devices, and how many are silent for each of ``thresholds``.
+
+        One statement, one pass over each live status table.
+        """
+        query = silent_counts_sql(len(thresholds)).as_string()
+        return await self._fetchall(query, list(thresholds) * 2, class_row(SilentCounts))
+
+
+# Silent devices: the newest reading (device time) at least %(for)s before now.
+# The page and the count come from one pass; the LEFT JOIN keeps one row (the
+# count, NULL columns) for a page past the end. No index on recorded_at: every
+# live-status upsert changes it, and an index would take HOT updates from the
+# consumers' hot path; a scan of live status costs milliseconds at 100,000
+# devices (README "Silent devices").
+SILENT_SQL = """
+WITH silent AS MATERIALIZED (
+    SELECT 'vehicle' AS kind, vehicle_id AS device_id, recorded_at, updated_at
+    FROM vehicle_live_status
+    WHERE %(vehicles)s AND recorded_at <= now() - %(for)s::interval
+    UNION ALL
+    SELECT 'meter', meter_id, recorded_at, updated_at
+    FROM meter_live_status
+    WHERE %(meters)s AND recorded_at <= now() - %(for)s::interval
+)
+SELECT now() AS as_of, (SELECT count(*) FROM silent) AS total, p.*
+FROM (VALUES (1)) AS one (n)
+LEFT JOIN LATERAL (
+    SELECT kind, device_id, recorded_at, updated_at,
+           extract(epoch FROM now() - recorded_at)::float8 AS silent_seconds
+    FROM silent
+    ORDER BY recorded_at, device_id, kind
+    LIMIT %(limit)s OFFSET %(offset)s
+) p ON true
+"""
+
+
+def silent_counts_sql(thresholds: int) -> sql.Composed:
+    """Per stream, one row: ``stream``, ``as_of`` (now), ``devices``, and ``silent``, the
+    count of devices silent for each threshold (``thresholds`` interval parameters, given
+    once per stream, meter first)."""
+    counts = sql.SQL(", ").join(
+        [sql.SQL("count(*) FILTER (WHERE recorded_at <= now() - %s::interval)")] * thresholds
+    )
+    per_stream = sql.SQL(
+        "SELECT {stream} AS stream, now() AS as_of, count(*) AS devices,"
+        " ARRAY[{counts}]::bigint[] AS silent FROM {live}"
+    )
+    return sql.SQL(" UNION ALL ").join(
+        per_stream.format(stream=sql.Literal(stream), counts=counts, live=sql.Identifier(live))
+        for stream, live in (("meter", "meter_live_status"), ("vehicle", "vehicle_live_status"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SilentDevice:
+    """A device silent since its newest reading (``recorded_at``, device time), stored at
+    ``updated_at``; ``silent_seconds`` is the time from ``recorded_at`` to the page's ``as_of``."""
+
+    kind: str
+    device_id: str
+    recorded_at: datetime
+    updated_at: datetime
+    silent_seconds: float
+
+
+def _silent_row(
+    as_of: datetime, total: int, *device: Any
+) -> tuple[datetime, int, SilentDevice | None]:
+    """A row of :data:`SILENT_SQL`: the device is NULL on a page past the end."""
+    return as_of, total, SilentDevice(*device) if device[0] is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SilentPage:
+    """A page of silent devices, measured at ``as_of`` (database time); ``total`` on every page."""
+
+    as_of: datetime
+    total: int
+    items: list[SilentDevice]
+
+
+@dataclass(frozen=True, slots=True)
+class SilentCounts:
+    """One stream at ``as_of``: its devices, and per threshold (in order) how many are silent."""
+
+    stream: str
+    as_of: datetime
+    devices: int
+    silent: list[int]

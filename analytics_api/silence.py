@@ -38,10 +38,12 @@ SHORTEST = timedelta(minutes=1)
 #: Longer is no fleet question (live status keeps a device until it is deleted).
 LONGEST = timedelta(days=366)
 
-# Days and time of day only: months and years have no fixed length. At most
-# nine digits a number, so that no value overflows on its way to the bounds.
+# Days and time of day only: months and years have no fixed length. ASCII
+# digits (``\d`` would take any script's), at most nine a number, so that no
+# value overflows on its way to the bounds; "T" is followed by a number.
 _DURATION = re.compile(
-    r"P(?:(?P<d>\d{1,9})D)?(?:T(?=\d)(?:(?P<h>\d{1,9})H)?(?:(?P<m>\d{1,9})M)?(?:(?P<s>\d{1,9})S)?)?"
+    r"P(?:(?P<d>[0-9]{1,9})D)?"
+    r"(?:T(?=[0-9])(?:(?P<h>[0-9]{1,9})H)?(?:(?P<m>[0-9]{1,9})M)?(?:(?P<s>[0-9]{1,9})S)?)?"
 )
 
 SILENT_DEVICES = Gauge(
@@ -95,7 +97,7 @@ def parse_duration(name: str, raw: str) -> Duration:
     fractions, signs), zero, or a length out of bounds.
     """
     found = _DURATION.fullmatch(raw)
-    if found is None or raw in ("P", "PT"):
+    if found is None or raw == "P":
         message = "not an ISO 8601 duration of days, hours, minutes and seconds (PT10M, P1DT2H)"
     else:
         parts = {unit: int(value or 0) for unit, value in found.groupdict().items()}

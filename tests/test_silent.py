@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
+from pydantic import ValidationError
 
 from analytics_api.app import create_app
 from analytics_api.settings import AnalyticsSettings
@@ -236,6 +237,8 @@ def test_csv_has_the_rows_of_the_json(api: TestClient, fleet: dict[str, datetime
         "T10M",
         "PT10M10M",
         "PT10S10M",
+        "PT\uff11\uff10M",
+        "P\u0661D",
     ],
 )
 def test_malformed_or_absurd_durations_are_422_naming_for(api: TestClient, value: str) -> None:
@@ -295,3 +298,14 @@ def test_gauges_count_silent_devices_per_stream_and_threshold(
     }
     assert metric_value(text, "energy_live_devices", stream="vehicle") == 5
     assert metric_value(text, "energy_live_devices", stream="meter") == 2
+
+
+@pytest.mark.parametrize("value", ["PT5M,10M", "PT60M,PT1H", "PT30S", "", "PT5M,"])
+def test_thresholds_that_are_not_durations_or_repeat_are_refused_at_start(value: str) -> None:
+    with pytest.raises(ValidationError, match="silent_thresholds"):
+        AnalyticsSettings(api_keys=API_KEY, silent_thresholds=value)
+
+
+def test_thresholds_are_read_shortest_first_in_canonical_form() -> None:
+    settings = AnalyticsSettings(api_keys=API_KEY, silent_thresholds="PT60M, PT5M,P1DT0H")
+    assert [t.text for t in settings.silent_threshold_list()] == ["PT5M", "PT1H", "P1D"]

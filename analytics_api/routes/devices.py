@@ -54,20 +54,21 @@ class SilentPage(CamelModel):
     items: list[SilentDevice]
 
 
+#: A whole-fleet read: 503 also when every fleet query slot stays taken.
+_ERRORS = error_responses(
+    {
+        422: "`for` is not a duration within bounds, or another parameter is invalid.",
+        503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
+    }
+)
+
+
 @router.get(
     "/silent",
     response_model=None,
     summary="Vehicles and meters not heard from for a while, longest silent first",
     description=_RULES,
-    responses={
-        **table_responses(SilentPage, SILENT_COLUMNS),
-        **error_responses(
-            {
-                422: "`for` is not a duration within bounds, or another parameter is invalid.",
-                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
-            }
-        ),
-    },
+    responses=table_responses(SilentPage, SILENT_COLUMNS) | _ERRORS,
 )
 async def silent(
     request: Request,

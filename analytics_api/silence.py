@@ -38,13 +38,17 @@ SHORTEST = timedelta(minutes=1)
 #: Longer is no fleet question (live status keeps a device until it is deleted).
 LONGEST = timedelta(days=366)
 
-# Days and time of day only: months and years have no fixed length. ASCII
+# Days and time of day only, as months and years have no fixed length; ASCII
 # digits (``\d`` would take any script's), at most nine a number, so that no
-# value overflows on its way to the bounds; "T" is followed by a number.
+# value overflows on its way to the bounds; something after "P", a number after "T".
 _DURATION = re.compile(
-    r"P(?:(?P<d>[0-9]{1,9})D)?"
-    r"(?:T(?=[0-9])(?:(?P<h>[0-9]{1,9})H)?(?:(?P<m>[0-9]{1,9})M)?(?:(?P<s>[0-9]{1,9})S)?)?"
+    r"^P(?!$)(?:(?P<d>[0-9]{1,9})D)?"
+    r"(?:T(?=[0-9])(?:(?P<h>[0-9]{1,9})H)?(?:(?P<m>[0-9]{1,9})M)?(?:(?P<s>[0-9]{1,9})S)?)?$"
 )
+#: The same for OpenAPI (ECMA-262 has no named groups in older dialects).
+DURATION_PATTERN = re.sub(r"\?P<\w>", "", _DURATION.pattern)
+#: The OpenAPI format of a silence: a duration of :data:`DURATION_PATTERN` within the bounds.
+DURATION_FORMAT = "silence-duration"
 
 SILENT_DEVICES = Gauge(
     "energy_silent_devices",
@@ -97,7 +101,7 @@ def parse_duration(name: str, raw: str) -> Duration:
     fractions, signs), zero, or a length out of bounds.
     """
     found = _DURATION.fullmatch(raw)
-    if found is None or raw == "P":
+    if found is None:
         message = "not an ISO 8601 duration of days, hours, minutes and seconds (PT10M, P1DT2H)"
     else:
         parts = {unit: int(value or 0) for unit, value in found.groupdict().items()}

@@ -11,7 +11,14 @@ from pydantic import Field
 from analytics_api.export import csv_response, iso, table_responses, wants_csv
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import UNAVAILABLE
-from analytics_api.silence import LONGEST, SHORTEST, iso_duration, parse_duration
+from analytics_api.silence import (
+    DURATION_FORMAT,
+    DURATION_PATTERN,
+    LONGEST,
+    SHORTEST,
+    iso_duration,
+    parse_duration,
+)
 from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
@@ -28,7 +35,8 @@ _RULES = (
     "time). Device time, not the time it was stored (`updatedAt`, shown beside it): it says "
     "how current the device's data is, and does not reset when history is replayed into a "
     "fresh database. `for` is an ISO 8601 duration of days, hours, minutes and seconds "
-    f"(`PT10M`, `PT1H30M`, `P2D`) from {iso_duration(SHORTEST)} to {iso_duration(LONGEST)}."
+    f"(`PT10M`, `PT1H30M`, `P2D`) from {iso_duration(SHORTEST)} to {iso_duration(LONGEST)} "
+    f"(format `{DURATION_FORMAT}`: the pattern, within these bounds)."
 )
 
 
@@ -72,7 +80,15 @@ _ERRORS = error_responses(
 )
 async def silent(
     request: Request,
-    for_: Annotated[str, Query(alias="for", description="ISO 8601 duration, e.g. PT10M")] = "PT10M",
+    for_: Annotated[
+        str,
+        Query(
+            alias="for",
+            description="ISO 8601 duration, e.g. PT10M (bounds: see above)",
+            # Documented only: parse_duration checks it and names `for` in the 422.
+            json_schema_extra={"pattern": DURATION_PATTERN, "format": DURATION_FORMAT},
+        ),
+    ] = "PT10M",
     kind: Annotated[Kind | None, Query(description="One kind; both when left out")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,

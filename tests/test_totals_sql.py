@@ -30,7 +30,7 @@ BEFORE = "0006"
 HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 
 CURRENT_FUNCTIONS = [
-    f.replace("TSTZ", "timestamp with time zone")
+    f.replace("TSTZ", "timestamp with time zone").replace("FLOAT", "double precision")
     for f in [
         "energy_active_span(TSTZ,TSTZ,TSTZ)",
         "energy_apply_link_claims(text[],text[])",
@@ -57,7 +57,7 @@ CURRENT_FUNCTIONS = [
         "energy_span_hours(TSTZ,TSTZ)",
         "energy_span_mask(TSTZ,TSTZ,TSTZ)",
         "energy_span_minutes(TSTZ,TSTZ)",
-        "energy_trusted_flag(double precision,boolean,double precision,double precision,double precision)",
+        "energy_trusted_flag(FLOAT,boolean,FLOAT,FLOAT,FLOAT)",
         "energy_vehicle_coverage(text,TSTZ,TSTZ,TSTZ,TSTZ,integer)",
         "energy_vehicle_minutes(text,TSTZ,TSTZ,TSTZ,TSTZ)",
         "energy_vehicle_totals(text,TSTZ,TSTZ)",

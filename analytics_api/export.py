@@ -28,12 +28,17 @@ def table_responses(model: type[BaseModel], columns: Sequence[str]) -> dict[int 
 
 
 def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filename: str) -> Response:
-    """``rows`` (dicts keyed by ``columns``) as a CSV download; times in ISO 8601."""
+    """``rows`` (dicts keyed by ``columns``) as a CSV download; times in ISO 8601.
+
+    A nested dict's values are columns of their own: ``{"coverage": {"vehicle": 1}}``
+    fills the column ``coverageVehicle``.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in columns])
+        flat = _flatten(row)
+        writer.writerow([_cell(flat.get(column)) for column in columns])
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
@@ -44,6 +49,17 @@ def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filenam
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with ``Z``, as every response writes times."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        name = prefix + key[:1].upper() + key[1:] if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _cell(value: Any) -> Any:

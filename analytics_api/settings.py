@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analytics_api.errors import InvalidQuery
+from analytics_api.queries import Rules
 from analytics_api.silence import Duration, parse_duration
 from schemas.settings import ApiKeySettings, Port, ServeSettings
 
@@ -41,6 +42,12 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
 
     #: Efficiency below this is flagged ``lowEfficiency`` (power loss or a fault).
     low_efficiency_threshold: float = Field(default=0.85, gt=0, le=1)
+    #: ``lowEfficiency`` is asserted only when the vehicle and its meters each
+    #: reported in at least this share of the minutes they were active in;
+    #: an hour is matched when both reported in this share of its minutes.
+    min_coverage: float = Field(default=0.9, ge=0, le=1)
+    #: A run of this many minutes or more without a reading is a gap.
+    gap_minutes: int = Field(default=5, ge=1, le=60)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
 
@@ -73,6 +80,10 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
                 f"({self.pool_max_size}): per-vehicle requests need connections of their own"
             )
         return self
+
+    def rules(self) -> Rules:
+        """What the views judge the data by."""
+        return Rules(self.low_efficiency_threshold, self.min_coverage, self.gap_minutes)
 
     def fleet_limit(self) -> int:
         """How many fleet queries may run at once (``fleet_max_concurrent``, or half the pool)."""

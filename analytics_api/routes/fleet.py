@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from analytics_api.errors import InvalidQuery, NotFound
-from analytics_api.export import csv_response, iso, wants_csv
+from analytics_api.export import csv_response, iso, table_responses, wants_csv
 from analytics_api.queries import FLEET_ORDER, QUALITY_ORDER
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
@@ -148,12 +148,6 @@ class HourlySeries(CamelModel):
     hours: list[HourSummary]
 
 
-def _table(model: type[BaseModel], columns: tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
-    """A 200 of ``model`` as JSON, or as CSV of ``columns`` on ``Accept: text/csv``."""
-    csv_doc = {"type": "string", "description": "CSV with a header row: " + ",".join(columns)}
-    return {200: {"model": model, "content": {"text/csv": {"schema": csv_doc}}}}
-
-
 #: The device kinds of the quality view.
 _KINDS = ["all", "vehicle", "meter"]
 
@@ -177,7 +171,7 @@ def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[
     summary="Every vehicle's summary over whole hours, sorted and paginated",
     description=_HOUR_RULES,
     responses={
-        **_table(FleetPage, FLEET_COLUMNS),
+        **table_responses(FleetPage, FLEET_COLUMNS),
         **error_responses(
             {
                 422: "A parameter is malformed or out of range, or the window breaks its rules.",
@@ -232,7 +226,7 @@ async def fleet(
     summary="Every device ranked by what is wrong with its data",
     description=_HOUR_RULES,
     responses={
-        **_table(QualityPage, QUALITY_COLUMNS),
+        **table_responses(QualityPage, QUALITY_COLUMNS),
         **error_responses(
             {
                 422: "A parameter is malformed or out of range, or the window breaks its rules.",
@@ -312,7 +306,7 @@ async def quality(
     response_model=None,
     summary="One vehicle's energy and efficiency hour by hour",
     description=_HOUR_RULES,
-    responses={**_table(HourlySeries, HOURLY_COLUMNS), **device_responses("vehicle")},
+    responses={**table_responses(HourlySeries, HOURLY_COLUMNS), **device_responses("vehicle")},
 )
 async def hourly(
     request: Request,

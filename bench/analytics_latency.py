@@ -21,7 +21,8 @@
 
 Progress goes to stderr. The last stdout line is one JSON object: ``rows``,
 ``load_s``, ``rows_per_s_load``, ``vehicle_p50_ms``, ``vehicle_p99_ms``,
-``fleet_p50_ms``, ``fleet_p99_ms``, ``seq_scan`` (a Seq Scan on history in
+``fleet_p50_ms``, ``fleet_p99_ms``, ``quality_p50_ms``, ``quality_p99_ms`` (the
+data-quality view, every vehicle and meter, worst first), ``seq_scan`` (a Seq Scan on history in
 either plan), ``exact``, and the ``api_*`` figures of step 4. Targets:
 per-vehicle p99 <= 10 ms, fleet page <= 500 ms, no sequential scan of
 history. Exit code 1 if a total is wrong.
@@ -43,7 +44,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from analytics_api.queries import FLEET_QUERIES, PERFORMANCE_SQL, PLANNER_OPTIONS, Rules
+from analytics_api.queries import (
+    FLEET_QUERIES,
+    PERFORMANCE_SQL,
+    PLANNER_OPTIONS,
+    QUALITY_QUERIES,
+    Rules,
+)
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.window import resolve_hour_window, resolve_window
 from bench.day_loader import Day, Fleet, prepare_day, vehicle_id
@@ -145,15 +152,22 @@ def time_vehicles(conn: psycopg.Connection[Any], ids: list[str]) -> list[float]:
     return samples
 
 
-def time_fleet(conn: psycopg.Connection[Any], pages: int) -> tuple[list[float], list[Any]]:
-    """Milliseconds of ``pages`` fleet pages (as ``Reader.fleet`` runs them), the last page."""
+#: The quality view's own parameters (both kinds, every device, worst first).
+QUALITY_PARAMS = {"vehicles": True, "meters": True, "problems_only": False}
+
+
+def time_fleet(
+    conn: psycopg.Connection[Any], pages: int, query: str | None = None
+) -> tuple[list[float], list[Any]]:
+    """Milliseconds of ``pages`` fleet pages (as ``Reader.fleet`` runs them, or
+    ``query`` with the same parameters), the last page."""
     samples: list[float] = []
     rows: list[Any] = []
     cur = conn.cursor(row_factory=dict_row)
     for _ in range(pages):
-        params = fleet_params()
+        params = {**fleet_params(), **QUALITY_PARAMS}
         started = time.perf_counter()
-        cur.execute(FLEET_QUERIES["efficiency"], params)
+        cur.execute(query or FLEET_QUERIES["efficiency"], params)
         rows = cur.fetchall()
         samples.append((time.perf_counter() - started) * 1000)
     return samples, rows
@@ -254,6 +268,24 @@ def measure(database: Database, day: Day, args: argparse.Namespace) -> dict[str,
         fleet_ms, page = time_fleet(api, args.fleet_pages)
         fleet_p50, fleet_p99 = percentile(fleet_ms, 50), percentile(fleet_ms, 99)
         say(f"  p50 {fleet_p50:.1f} ms, p99 {fleet_p99:.1f} ms")
+        coverages = [r["vehicle_coverage"] for r in page if r["vehicle_coverage"] is not None]
+        say(
+            f"  coverage on the page: vehicles {min(coverages, default=0):.4f} to "
+            f"{max(coverages, default=0):.4f} (the load ended minutes ago: the silence counts)"
+        )
+        say(
+            f"quality page (vehicles and meters): {args.fleet_warmup} warm-up,"
+            f" {args.fleet_pages} measured"
+        )
+        time_fleet(api, args.fleet_warmup, QUALITY_QUERIES["worst"])
+        quality_ms, worst = time_fleet(api, args.fleet_pages, QUALITY_QUERIES["worst"])
+        quality_p50, quality_p99 = percentile(quality_ms, 50), percentile(quality_ms, 99)
+        say(
+            f"  p50 {quality_p50:.1f} ms, p99 {quality_p99:.1f} ms; worst: {worst[0]['device_id']}"
+            f" {worst[0]['problems']}"
+            if worst
+            else ""
+        )
 
         # A swapped vehicle: its plan shows the edge path of both meters.
         shown = day.relinked[0] if day.relinked else ids[0]
@@ -285,6 +317,8 @@ def measure(database: Database, day: Day, args: argparse.Namespace) -> dict[str,
         "fleet_p50_ms": round(fleet_p50, 1),
         "fleet_p99_ms": round(fleet_p99, 1),
         "fleet_total": page[0]["total_count"] if page else 0,
+        "quality_p50_ms": round(quality_p50, 1),
+        "quality_p99_ms": round(quality_p99, 1),
         "low_efficiency_vehicles": low_efficiency,
         "seq_scan": seq_scan,
         "exact": exact,

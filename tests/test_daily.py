@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from schemas import Stream, VehicleMeterLink
+from schemas.limits import ValidationLimits
 from tests.conftest import ModuleEnv, write_batches
 
 VEHICLE = "DV1"
@@ -76,7 +77,14 @@ def readings(env: ModuleEnv) -> None:
             moment += STEP
     write_batches(env, Stream.VEHICLE, [vrows[i : i + 2000] for i in range(0, len(vrows), 2000)])
     write_batches(env, Stream.METER, [mrows[i : i + 2000] for i in range(0, len(mrows), 2000)])
-    links = [VehicleMeterLink(vehicle_id=VEHICLE, meter_id=m, valid_from=t) for m, t in LINKS]
+    # March is past the default 90-day retention: a deployment keeping two years takes it.
+    limits = ValidationLimits(retention=timedelta(days=730))
+    links = [
+        VehicleMeterLink.model_validate(
+            {"vehicleId": VEHICLE, "meterId": m, "validFrom": t.isoformat()}, context=limits
+        )
+        for m, t in LINKS
+    ]
     write_batches(env, Stream.LINKS, [links])
     # Every input the assertions depend on is in: readings, and each link in effect.
     assert env.query("SELECT count(*) FROM vehicle_readings_history") == [(len(vrows),)]
@@ -253,3 +261,4 @@ def test_unknown_zones_and_bad_dates_are_422_naming_the_field(
 def test_a_vehicle_never_seen_is_404(analytics: TestClient, readings: None) -> None:
     response = analytics.get("/v1/analytics/performance/nobody/daily", params={"tz": "UTC"})
     assert response.status_code == 404
+    assert "nobody" in response.json()["message"]

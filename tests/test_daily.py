@@ -15,6 +15,7 @@ import csv
 import io
 import random
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -184,7 +185,7 @@ def test_the_days_add_up_to_the_whole_span(
     ).json()
     days = series["days"]
     assert len(days) == 29
-    assert all(a["to"] == b["from"] for a, b in zip(days, days[1:], strict=False))
+    assert all(a["to"] == b["from"] for a, b in pairwise(days))
     assert sum(d["hours"] for d in days) == 29 * 24 - 1
     whole = brute_day(
         env, datetime.fromisoformat(days[0]["from"]), datetime.fromisoformat(days[-1]["to"])
@@ -262,3 +263,35 @@ def test_a_vehicle_never_seen_is_404(analytics: TestClient, readings: None) -> N
     response = analytics.get("/v1/analytics/performance/nobody/daily", params={"tz": "UTC"})
     assert response.status_code == 404
     assert "nobody" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("tz", "year"),
+    [
+        ("Europe/Berlin", 2026),
+        ("America/New_York", 2026),
+        ("Asia/Kolkata", 2026),
+        ("Asia/Beirut", 2026),
+        ("America/Havana", 2026),
+        ("Australia/Lord_Howe", 2026),  # 30-minute summer time: 23.5 and 24.5 hours
+        ("Pacific/Chatham", 2026),  # UTC+12:45
+        ("Pacific/Apia", 2011),  # skipped 2011-12-30 entirely: 0 hours
+        ("America/Toronto", 1919),  # 23:30 became 00:30: the day starts at the change
+    ],
+)
+def test_local_days_of_a_whole_year_equal_a_minute_by_minute_walk(tz: str, year: int) -> None:
+    from analytics_api.days import local_days
+
+    zone = ZoneInfo(tz)
+    first, end = date(year, 1, 1), date(year + 1, 1, 1)
+    # The first minute at which the wall clock shows each date or a later one.
+    starts: dict[date, datetime] = {}
+    moment, pending = local_day_start(zone, first), first
+    while pending <= end:
+        shown = moment.astimezone(zone).date()
+        while pending <= shown and pending <= end:
+            starts[pending] = moment
+            pending += timedelta(days=1)
+        moment += timedelta(minutes=1)
+    expected = [(d, starts[d], starts[d + timedelta(days=1)]) for d in sorted(starts)[:-1]]
+    assert [tuple(day) for day in local_days(zone, first, end)] == expected

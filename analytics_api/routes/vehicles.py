@@ -234,7 +234,13 @@ def summary_fields(
 async def daily(
     request: Request,
     vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")],
-    tz: Annotated[str, Query(description="IANA time zone, e.g. Europe/Berlin")] = "UTC",
+    tz: Annotated[
+        str,
+        Query(
+            description="An IANA time zone name, e.g. Europe/Berlin",
+            json_schema_extra={"format": "iana-time-zone"},
+        ),
+    ] = "UTC",
     start: Annotated[DateQuery, Query(alias="from")] = None,
     end: Annotated[DateQuery, Query(alias="to")] = None,
 ) -> Response | dict[str, Any]:

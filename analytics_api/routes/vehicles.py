@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -97,15 +97,23 @@ class DailySeries(CamelModel):
     days: list[DaySummary]
 
 
+def _nested(kind: Any) -> type[BaseModel] | None:
+    """The model a field holds (alone, or in a union such as ``Model | None``), if any."""
+    for candidate in (kind, *get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _columns(model: type[BaseModel]) -> list[str]:
     """The CSV columns of ``model``: its fields, those of nested models as ``outer.inner``."""
     columns: list[str] = []
     for name, field in model.model_fields.items():
-        alias, kind = field.alias or name, field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            columns += [f"{alias}.{inner}" for inner in _columns(kind)]
-        else:
+        alias, nested = field.alias or name, _nested(field.annotation)
+        if nested is None:
             columns.append(alias)
+        else:
+            columns += [f"{alias}.{inner}" for inner in _columns(nested)]
     return columns
 
 
@@ -248,8 +256,8 @@ async def daily(
     vehicle never seen.
 
     Each day is exactly what the summary route answers for the day's UTC window
-    (its ``from`` and ``to``), plus its ``date`` and length in ``hours``; the
-    day rule is :mod:`analytics_api.days`'.
+    (its ``from`` and ``to``), plus its ``date`` and length in ``hours``. The
+    rule for days is :mod:`analytics_api.days`'s.
     """
     state = analytics_state(request)
     settings = state.settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,8 +12,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from analytics_api.queries import PLANNER_OPTIONS, Reader
 from analytics_api.readiness import DatabaseProbe
-from analytics_api.routes import fleet, links, vehicles
+from analytics_api.routes import devices, fleet, links, vehicles
 from analytics_api.settings import AnalyticsSettings
+from analytics_api.silence import SilentGauges
 from analytics_api.slots import QuerySlots
 from analytics_api.state import AnalyticsState
 from schemas.web import Readiness, api_app
@@ -41,14 +44,22 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     reader = Reader(pool, settings.pool_timeout_s, fleet_slots)
     # Not from the pool: readiness must not wait behind the queries it vouches for.
     probe = DatabaseProbe(settings.database_url.get_secret_value(), settings.readiness_timeout_s)
+    silent_gauges = SilentGauges(
+        reader, settings.silent_threshold_list(), settings.silent_refresh_s
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # wait=False: start serving (readyz says 503) even while PostgreSQL is down.
         await pool.open(wait=False)
+        # Refreshed in the background: a scrape reads the last counts, never queries.
+        refreshing = asyncio.create_task(silent_gauges.run(), name="silent-gauges")
         try:
             yield
         finally:
+            refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refreshing
             await probe.close()
             await pool.close()
 
@@ -58,7 +69,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         summary="Per-vehicle energy efficiency and live status of meters and vehicles.",
         lifespan=lifespan,
         api_keys=keys,
-        routers=[vehicles.router, fleet.router, links.router],
+        routers=[vehicles.router, fleet.router, links.router, devices.router],
         readiness=Readiness(
             dependency="database",
             probe=probe,

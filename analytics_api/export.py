@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 CSV_TYPE = "text/csv"
 
@@ -20,13 +21,24 @@ def wants_csv(request: Request) -> bool:
     return CSV_TYPE in accept and "application/json" not in accept.split(CSV_TYPE)[0]
 
 
+def table_responses(model: type[BaseModel], columns: Sequence[str]) -> dict[int | str, Any]:
+    """OpenAPI for a 200 of ``model`` as JSON, or as CSV of ``columns`` on ``Accept: text/csv``."""
+    csv_doc = {"type": "string", "description": "CSV with a header row: " + ",".join(columns)}
+    return {200: {"model": model, "content": {CSV_TYPE: {"schema": csv_doc}}}}
+
+
 def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filename: str) -> Response:
-    """``rows`` (dicts keyed by ``columns``) as a CSV download; times in ISO 8601."""
+    """``rows`` (dicts keyed by ``columns``) as a CSV download; times in ISO 8601.
+
+    A nested dict's values are columns of their own: ``{"coverage": {"vehicle": 1}}``
+    fills the column ``coverageVehicle``.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in columns])
+        flat = _flatten(row)
+        writer.writerow([_cell(flat.get(column)) for column in columns])
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
@@ -37,6 +49,17 @@ def csv_response(columns: Sequence[str], rows: Iterable[dict[str, Any]], filenam
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with ``Z``, as every response writes times."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        name = prefix + key[:1].upper() + key[1:] if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _cell(value: Any) -> Any:

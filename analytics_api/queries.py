@@ -8,13 +8,15 @@ view reads rollups only (plus history for links that change inside an hour).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection
-from psycopg.rows import BaseRowFactory, class_row
+from psycopg import AsyncConnection, sql
+from psycopg.rows import BaseRowFactory, args_row, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from analytics_api.errors import DatabaseUnavailable
@@ -62,54 +64,184 @@ SELECT (EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle_i
         OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle_id)s)) AS known,
        dc.readings AS dc_readings, dc.kwh AS total_dc,
        dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
-       a.meter_ids, a.ac_readings, a.total_ac, e.efficiency, e.low_efficiency,
-       dc.resets AS vehicle_resets, dc.jumps AS vehicle_jumps, a.meter_resets, a.meter_jumps
+       a.meter_ids, a.ac_readings, a.total_ac, e.efficiency,
+       dc.resets AS vehicle_resets, dc.jumps AS vehicle_jumps, a.meter_resets, a.meter_jumps,
+       t.*
 FROM energy_vehicle_totals(%(vehicle_id)s, %(from)s, %(to)s) dc
 CROSS JOIN ac_total a
 CROSS JOIN LATERAL energy_efficiency(dc.kwh, a.total_ac, %(threshold)s) e
+CROSS JOIN LATERAL ({trust}) t
 """
+
+# How far one vehicle's energy over [{from}, {to}) can be trusted: coverage
+# and gaps per source (sql/0011), the matched hours' energy, and the
+# low-efficiency flag where the data suffice. Reads e.efficiency and
+# e.low_efficiency of the query it is joined into. [{from}, {to}) lies in the
+# query's window [%(from)s, %(to)s).
+TRUST_SQL = """
+SELECT coalesce(vc.expected, 0) AS vehicle_expected, coalesce(vc.covered, 0) AS vehicle_covered,
+       coalesce(vc.gaps, 0) AS vehicle_gaps, coalesce(vc.longest_gap, 0) AS vehicle_longest_gap,
+       mc.expected AS meter_expected, mc.covered AS meter_covered,
+       mc.gaps AS meter_gaps, mc.longest_gap AS meter_longest_gap,
+       energy_coverage(vc.covered, vc.expected) AS vehicle_coverage,
+       energy_coverage(mc.covered, mc.expected) AS meter_coverage,
+       mt.hours AS matched_hours, mt.ac AS matched_ac, mt.dc AS matched_dc,
+       me.efficiency AS matched_efficiency,
+       f.low_efficiency, f.low_efficiency_reason
+FROM energy_meter_coverage(
+    %(vehicle_id)s, {from}, {to}, %(from)s, %(to)s, %(gap_minutes)s) mc
+LEFT JOIN energy_vehicle_coverage(
+    %(vehicle_id)s, {from}, {to}, %(from)s, %(to)s, %(gap_minutes)s) vc ON true
+CROSS JOIN (
+    SELECT count(*) AS hours, coalesce(sum(kwh_ac), 0) AS ac, coalesce(sum(kwh_dc), 0) AS dc
+    FROM energy_matched_hours(
+        %(vehicle_id)s, {from}, {to}, %(gap_minutes)s, %(min_minutes)s)
+) mt
+CROSS JOIN LATERAL energy_efficiency(mt.dc, mt.ac, %(threshold)s) me
+CROSS JOIN LATERAL energy_trusted_flag(
+    e.efficiency, e.low_efficiency, energy_coverage(vc.covered, vc.expected),
+    energy_coverage(mc.covered, mc.expected), %(min_coverage)s) f
+""".strip()
+
+
+def trust_sql(start: str, end: str) -> str:
+    """:data:`TRUST_SQL` over ``[start, end)``, two SQL expressions."""
+    return TRUST_SQL.replace("{from}", start).replace("{to}", end)
+
+
+PERFORMANCE_SQL = PERFORMANCE_SQL.replace("{trust}", trust_sql("%(from)s", "%(to)s"))
+
+
+#: Every minute of an hour reported: the full bitmap of a rollup row.
+FULL_HOUR = (1 << 60) - 1
+
+
+def device_coverage_sql(key: str, rollup: str, live: str, sums: tuple[str, ...], slow: str) -> str:
+    """Per device of one stream over whole hours [from, to): its rollup sums
+    (``sums``; readings, resets and jumps always), and its coverage and gaps
+    (sql/0011), for every device with readings in the window or active in it.
+
+    Whole hours need nothing but the rollups, summed per device in one pass:
+    only the rows not fully reported (and those of the hour the active span
+    ends in) are kept apart, and become characters for the gaps
+    (``energy_rollup_coverage``). A device missing a whole hour between two
+    rows gets its coverage from ``slow`` (a function of the device id, the
+    window and the gap, like ``energy_vehicle_coverage``). A device without
+    live status (never written by a consumer) has readings but no coverage:
+    nothing was expected of it.
+    """
+    sum_cols = "".join(f", sum(r.{c}) AS {c}" for c in sums)
+    out_cols = "".join(f", r.{c}" for c in sums)
+    # The hour the span of a device still reporting ends in: now's, if inside
+    # (a sub-select: evaluated once, not per row).
+    last = "(SELECT date_trunc('hour', least(%(to)s, date_trunc('minute', now())), 'UTC'))"
+    special = f"r.minutes <> {FULL_HOUR} OR r.hour >= {last}"
+    # Rows for every hour of the span, all full but maybe the last, a run of
+    # readings from the hour's start: m & (m + 1) = 0.
+    simple = (
+        "r.first_hour <= s.lo AND r.last_hour + interval '1 hour' >= s.hi"
+        " AND r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour'"
+        " AND (r.special_hours IS NULL OR (cardinality(r.special_hours) = 1"
+        " AND r.special_hours[1] = r.last_hour AND r.special_hours[1] < s.hi"
+        " AND r.special_minutes[1] & (r.special_minutes[1] + 1) = 0))"
+    )
+    return f"""
+    WITH sums AS MATERIALIZED (
+        -- Summed by hashing in one pass over the window's rows.
+        SELECT r.{key}, sum(r.readings) AS readings{sum_cols},
+               sum(r.resets) AS resets, sum(r.jumps) AS jumps,
+               count(*) AS hours, min(r.hour) AS first_hour, max(r.hour) AS last_hour,
+               array_agg(r.hour) FILTER (WHERE {special}) AS special_hours,
+               array_agg(r.minutes) FILTER (WHERE {special}) AS special_minutes
+        FROM {rollup} r
+        WHERE r.hour >= %(from)s AND r.hour < %(to)s
+        GROUP BY r.{key}
+    )
+    SELECT coalesce(s.{key}, r.{key}) AS device_id,
+           s.recorded_at AS last_recorded_at, s.updated_at,
+           coalesce(r.readings, 0)::bigint AS readings{out_cols},
+           coalesce(r.resets, 0)::bigint AS resets, coalesce(r.jumps, 0)::bigint AS jumps,
+           coalesce(c.expected, 0) AS expected, coalesce(c.covered, 0) AS covered,
+           coalesce(c.gaps, 0) AS gaps, coalesce(c.longest_gap, 0) AS longest_gap
+    FROM (
+        SELECT l.{key}, l.recorded_at, l.updated_at, sp.lo, sp.hi
+        FROM {live} l
+        CROSS JOIN LATERAL energy_active_span(%(from)s, %(to)s, l.first_recorded_at) sp
+        WHERE l.first_recorded_at < %(to)s
+    ) s
+    FULL JOIN sums r ON r.{key} = s.{key}
+    LEFT JOIN LATERAL (
+        SELECT n AS expected, n - t AS covered, (t >= %(gap_minutes)s)::int AS gaps,
+               t AS longest_gap
+        FROM (
+            SELECT energy_span_minutes(s.lo, s.hi) AS n,
+                   coalesce(energy_span_minutes(
+                       r.special_hours[1], s.hi)
+                       - bit_count(r.special_minutes[1]::bit(64))::int, 0) AS t
+        ) f
+        -- Every hour of the span fully reported, but maybe the one it ends in,
+        -- reported from its start without a miss until some minute (a device
+        -- still reporting, or one that went quiet in that hour): its silence
+        -- is the only run of minutes without a reading.
+        WHERE {simple}
+        UNION ALL
+        SELECT * FROM energy_rollup_coverage(
+            s.lo, s.hi, r.first_hour, r.last_hour, r.special_hours, r.special_minutes,
+            %(gap_minutes)s)
+        WHERE (r.{key} IS NULL OR r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour')
+          AND NOT ({simple})
+        UNION ALL
+        SELECT * FROM {slow}(s.{key}, %(from)s, %(to)s, %(from)s, %(to)s, %(gap_minutes)s)
+        WHERE r.last_hour - r.first_hour <> (r.hours - 1) * interval '1 hour'
+    ) c ON s.{key} IS NOT NULL"""  # noqa: S608 -- identifiers are the constants below, never input
+
+
+VEHICLE_COVERAGE_SQL = device_coverage_sql(
+    "vehicle_id",
+    "vehicle_hourly_rollup",
+    "vehicle_live_status",
+    ("kwh_delivered_dc", "battery_temp_sum"),
+    "energy_vehicle_coverage",
+)
+METER_COVERAGE_SQL = device_coverage_sql(
+    "meter_id",
+    "meter_hourly_rollup",
+    "meter_live_status",
+    ("kwh_consumed_ac",),
+    "energy_link_coverage",
+)
 
 # Every vehicle over whole hours [from, to): rollups only, plus history for the
 # few links that begin or end inside an hour. Vehicles are those with readings
-# or a link in the window.
+# or a link in the window. Coverage and gaps per source as in the per-vehicle
+# summary; a meter linked for only part of the window is covered over its part.
 FLEET_SQL = """
-WITH dc AS (
-    SELECT vehicle_id, sum(readings) AS readings, sum(kwh_delivered_dc) AS total,
-           sum(battery_temp_sum) AS temp_sum
-    FROM vehicle_hourly_rollup
-    WHERE hour >= %(from)s AND hour < %(to)s
-    GROUP BY vehicle_id
+WITH dc AS MATERIALIZED ({vehicles}
 ), spans AS (
     SELECT vehicle_id, meter_id,
            greatest(valid_from, %(from)s) AS lo,
            least(coalesce(valid_to, 'infinity'), %(to)s) AS hi
     FROM vehicle_meter_links
     WHERE valid_from < %(to)s AND (valid_to IS NULL OR valid_to > %(from)s)
-), whole_window AS MATERIALIZED (
-    SELECT meter_id, sum(readings) AS readings, sum(kwh_consumed_ac) AS kwh
-    FROM meter_hourly_rollup
-    WHERE hour >= %(from)s AND hour < %(to)s
-    GROUP BY meter_id
+), whole_window AS MATERIALIZED ({meters}
 ), ac_parts AS (
     -- Links covering the whole window (nearly all): one total per meter.
-    SELECT s.vehicle_id, w.readings, w.kwh
-    FROM spans s JOIN whole_window w ON w.meter_id = s.meter_id
+    SELECT s.vehicle_id, w.readings, w.kwh_consumed_ac AS kwh,
+           w.expected, w.covered, w.gaps, w.longest_gap
+    FROM spans s JOIN whole_window w ON w.device_id = s.meter_id
     WHERE s.lo = %(from)s AND s.hi = %(to)s
     UNION ALL
-    -- Links changing on an hour boundary inside the window: their hours.
-    SELECT s.vehicle_id, r.readings, r.kwh_consumed_ac
-    FROM spans s
-    JOIN meter_hourly_rollup r ON r.meter_id = s.meter_id AND r.hour >= s.lo AND r.hour < s.hi
-    WHERE (s.lo <> %(from)s OR s.hi <> %(to)s)
-      AND date_trunc('hour', s.lo, 'UTC') = s.lo AND date_trunc('hour', s.hi, 'UTC') = s.hi
-    UNION ALL
-    -- The few links that begin or end inside an hour: edges from history.
-    SELECT s.vehicle_id, t.readings, t.kwh
+    -- Links changing inside the window: their hours, edges from history.
+    SELECT s.vehicle_id, t.readings, t.kwh, c.expected, c.covered, c.gaps, c.longest_gap
     FROM spans s
     CROSS JOIN LATERAL energy_meter_totals(s.meter_id, s.lo, s.hi, %(from)s, %(to)s) t
-    WHERE date_trunc('hour', s.lo, 'UTC') <> s.lo OR date_trunc('hour', s.hi, 'UTC') <> s.hi
+    LEFT JOIN LATERAL energy_link_coverage(
+        s.meter_id, s.lo, s.hi, %(from)s, %(to)s, %(gap_minutes)s) c ON true
+    WHERE s.lo <> %(from)s OR s.hi <> %(to)s
 ), ac AS (
-    SELECT vehicle_id, sum(readings) AS readings, sum(kwh) AS total
+    SELECT vehicle_id, sum(readings) AS readings, sum(kwh) AS total,
+           sum(expected) AS expected, sum(covered) AS covered, sum(gaps) AS gaps,
+           max(longest_gap) AS longest_gap
     FROM ac_parts GROUP BY vehicle_id
 ), meters AS (
     SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids
@@ -117,26 +249,42 @@ WITH dc AS (
 ), summary AS (
     SELECT v.vehicle_id,
            coalesce(ac.total, 0) AS total_ac,
-           coalesce(dc.total, 0) AS total_dc,
-           dc.temp_sum / nullif(dc.readings, 0) AS avg_temp,
+           coalesce(dc.kwh_delivered_dc, 0) AS total_dc,
+           dc.battery_temp_sum / nullif(dc.readings, 0) AS avg_temp,
            coalesce(m.meter_ids, '{}') AS meter_ids,
            coalesce(dc.readings, 0)::bigint AS dc_readings,
-           coalesce(ac.readings, 0)::bigint AS ac_readings
-    FROM (SELECT vehicle_id FROM dc UNION SELECT vehicle_id FROM spans) v
-    LEFT JOIN dc ON dc.vehicle_id = v.vehicle_id
+           coalesce(ac.readings, 0)::bigint AS ac_readings,
+           coalesce(dc.expected, 0) AS vehicle_expected,
+           coalesce(dc.covered, 0) AS vehicle_covered,
+           coalesce(dc.gaps, 0) AS vehicle_gaps,
+           coalesce(dc.longest_gap, 0) AS vehicle_longest_gap,
+           coalesce(ac.expected, 0)::int AS meter_expected,
+           coalesce(ac.covered, 0)::int AS meter_covered,
+           coalesce(ac.gaps, 0)::int AS meter_gaps,
+           coalesce(ac.longest_gap, 0) AS meter_longest_gap,
+           energy_coverage(dc.covered, dc.expected) AS vehicle_coverage,
+           energy_coverage(ac.covered::int, ac.expected::int) AS meter_coverage
+    FROM (SELECT device_id AS vehicle_id FROM dc WHERE readings > 0
+          UNION SELECT vehicle_id FROM spans) v
+    LEFT JOIN dc ON dc.device_id = v.vehicle_id
     LEFT JOIN ac ON ac.vehicle_id = v.vehicle_id
     LEFT JOIN meters m ON m.vehicle_id = v.vehicle_id
 ), rated AS (
-    SELECT s.*, e.efficiency, e.low_efficiency
+    SELECT s.*, e.efficiency, f.low_efficiency, f.low_efficiency_reason,
+           NULL::bigint AS matched_hours, NULL::float8 AS matched_ac,
+           NULL::float8 AS matched_dc, NULL::float8 AS matched_efficiency
     FROM summary s
     CROSS JOIN LATERAL energy_efficiency(s.total_dc, s.total_ac, %(threshold)s) e
+    CROSS JOIN LATERAL energy_trusted_flag(
+        e.efficiency, e.low_efficiency, s.vehicle_coverage, s.meter_coverage,
+        %(min_coverage)s) f
 )
 SELECT *, count(*) OVER () AS total_count
 FROM rated
 WHERE NOT %(low_only)s OR low_efficiency
 ORDER BY {order}
 LIMIT %(limit)s OFFSET %(offset)s
-"""
+""".replace("{vehicles}", VEHICLE_COVERAGE_SQL).replace("{meters}", METER_COVERAGE_SQL)
 
 #: Sort keys of the fleet view (NULL efficiencies last either way).
 FLEET_ORDER = {
@@ -150,6 +298,62 @@ FLEET_ORDER = {
 
 #: The fleet query per sort key (the ORDER BY clauses are constants, never input).
 FLEET_QUERIES = {key: FLEET_SQL.replace("{order}", clause) for key, clause in FLEET_ORDER.items()}
+
+# Every device of the chosen kinds over whole hours [from, to), judged by its
+# data: coverage, gaps, silence (now, from live status), resets and jumps.
+QUALITY_SQL = """
+WITH devices AS (
+    SELECT 'vehicle' AS kind, v.device_id, v.last_recorded_at, v.readings,
+           v.expected, v.covered, v.gaps, v.longest_gap, v.resets, v.jumps
+    FROM ({vehicles}
+    ) v
+    WHERE %(vehicles)s
+    UNION ALL
+    SELECT 'meter', m.device_id, m.last_recorded_at, m.readings,
+           m.expected, m.covered, m.gaps, m.longest_gap, m.resets, m.jumps
+    FROM ({meters}
+    ) m
+    WHERE %(meters)s
+), judged AS (
+    SELECT d.*, energy_coverage(d.covered, d.expected) AS coverage,
+           greatest(0, floor(extract(epoch FROM now() - d.last_recorded_at) / 60))::bigint
+               AS silent_minutes
+    FROM devices d
+), listed AS (
+    SELECT j.*, array_remove(ARRAY[
+               CASE WHEN coalesce(j.coverage, 0) < %(min_coverage)s AND j.expected > 0
+                    THEN 'low_coverage' END,
+               CASE WHEN j.gaps > 0 THEN 'gaps' END,
+               CASE WHEN j.silent_minutes >= %(gap_minutes)s THEN 'silent' END,
+               CASE WHEN j.resets > 0 THEN 'resets' END,
+               CASE WHEN j.jumps > 0 THEN 'implausible_jumps' END
+           ], NULL) AS problems
+    FROM judged j
+)
+SELECT *, count(*) OVER () AS total_count
+FROM listed
+WHERE NOT %(problems_only)s OR cardinality(problems) > 0
+ORDER BY {order}
+LIMIT %(limit)s OFFSET %(offset)s
+""".replace("{vehicles}", VEHICLE_COVERAGE_SQL).replace("{meters}", METER_COVERAGE_SQL)
+
+#: Sort keys of the quality view: worst first by default.
+QUALITY_ORDER = {
+    "worst": "cardinality(problems) DESC, coverage ASC NULLS FIRST, longest_gap DESC,"
+    " kind, device_id",
+    "coverage": "coverage ASC NULLS FIRST, kind, device_id",
+    "-longestGap": "longest_gap DESC, kind, device_id",
+    "-gaps": "gaps DESC, kind, device_id",
+    "-silence": "silent_minutes DESC NULLS LAST, kind, device_id",
+    "-resets": "resets DESC, kind, device_id",
+    "-jumps": "jumps DESC, kind, device_id",
+    "deviceId": "device_id, kind",
+}
+
+#: The quality query per sort key (the ORDER BY clauses are constants, never input).
+QUALITY_QUERIES = {
+    key: QUALITY_SQL.replace("{order}", clause) for key, clause in QUALITY_ORDER.items()
+}
 
 # One vehicle hour by hour over whole hours [from, to): DC from its rollups,
 # AC from its meters' rollups where a link covers the whole hour, else from
@@ -188,11 +392,12 @@ WITH hours AS (
     LEFT JOIN dc ON dc.hour = h.hour
     LEFT JOIN ac ON ac.hour = h.hour
 )
-SELECT t.*, e.efficiency, e.low_efficiency
+SELECT t.*, e.efficiency, tr.*
 FROM totals t
 CROSS JOIN LATERAL energy_efficiency(t.total_dc, t.total_ac, %(threshold)s) e
+CROSS JOIN LATERAL ({trust}) tr
 ORDER BY t.hour
-"""
+""".replace("{trust}", trust_sql("t.hour", "t.hour + interval '1 hour'"))
 
 # Every claim of one vehicle or one meter (see consumers/links.py for the rule)
 # with its effective link, if any, and why it is shorter or missing: the
@@ -251,21 +456,63 @@ FROM meter_live_status WHERE meter_id = %s
 
 
 @dataclass(frozen=True, slots=True)
+class Rules:
+    """What the views judge the data by (``ANALYTICS_*`` settings)."""
+
+    #: Efficiency below this is low.
+    threshold: float
+    #: Both sources need at least this coverage for the low-efficiency flag.
+    min_coverage: float
+    #: A run of this many minutes without a reading is a gap (1 to 60).
+    gap_minutes: int
+
+    def params(self) -> dict[str, Any]:
+        """The query parameters of the rules."""
+        return {
+            "threshold": self.threshold,
+            "min_coverage": self.min_coverage,
+            "gap_minutes": self.gap_minutes,
+            # An hour is matched with at least this many minutes reported.
+            "min_minutes": math.ceil(self.min_coverage * 60),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Energy:
     """What every view says of one vehicle over a window or an hour.
 
-    ``efficiency`` and ``low_efficiency`` come from ``energy_efficiency``
-    (sql/0007), the one definition of both: DC / AC and whether it is below
-    the threshold, ``None`` when AC is 0.
+    ``efficiency`` comes from ``energy_efficiency`` (sql/0007): DC / AC,
+    ``None`` when AC is 0. ``low_efficiency`` is whether it is below the
+    threshold, asserted only where both sources' coverage suffices
+    (``energy_trusted_flag``, sql/0011), else ``None`` with the reason.
+    Coverage counts minutes: those the source was active in (expected) and
+    those with a reading (covered); gaps are runs of at least ``gap_minutes``
+    minutes without one. The matched energy is that of the whole hours both
+    sources reported cleanly (``energy_matched_hours``).
     """
 
     total_ac: float
     total_dc: float
     efficiency: float | None
     low_efficiency: bool | None
+    low_efficiency_reason: str | None
     avg_temp: float | None
     dc_readings: int
     ac_readings: int
+    vehicle_expected: int
+    vehicle_covered: int
+    vehicle_gaps: int
+    vehicle_longest_gap: int
+    meter_expected: int
+    meter_covered: int
+    meter_gaps: int
+    meter_longest_gap: int
+    vehicle_coverage: float | None
+    meter_coverage: float | None
+    matched_hours: int | None
+    matched_ac: float | None
+    matched_dc: float | None
+    matched_efficiency: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +544,26 @@ class FleetItem(Energy):
 
     vehicle_id: str
     meter_ids: list[str]
+    total_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuality:
+    """One device of the quality view; ``total_count`` is the number on every page."""
+
+    kind: str
+    device_id: str
+    last_recorded_at: datetime | None
+    readings: int
+    expected: int
+    covered: int
+    gaps: int
+    longest_gap: int
+    resets: int
+    jumps: int
+    coverage: float | None
+    silent_minutes: int | None
+    problems: list[str]
     total_count: int
 
 
@@ -390,7 +657,7 @@ class Reader:
         end: datetime,
         order: str,
         low_only: bool,
-        threshold: float,
+        rules: Rules,
         limit: int,
         offset: int,
     ) -> tuple[int, list[FleetItem]]:
@@ -403,31 +670,61 @@ class Reader:
             "from": start,
             "to": end,
             "low_only": low_only,
-            "threshold": threshold,
             "limit": limit,
             "offset": offset,
+            **rules.params(),
         }
         async with self._fleet_slots.slot():
             items = await self._fetchall(FLEET_QUERIES[order], params, class_row(FleetItem))
         return (items[0].total_count if items else 0), items
 
+    async def quality(
+        self,
+        start: datetime,
+        end: datetime,
+        kinds: set[str],
+        order: str,
+        problems_only: bool,
+        rules: Rules,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[DeviceQuality]]:
+        """One page of the quality view over whole hours, and the number of devices.
+
+        ``kinds`` holds ``vehicle``, ``meter`` or both; ``order`` is a key of
+        :data:`QUALITY_ORDER`. Takes a fleet slot, as :meth:`fleet` does.
+        """
+        params = {
+            "from": start,
+            "to": end,
+            "vehicles": "vehicle" in kinds,
+            "meters": "meter" in kinds,
+            "problems_only": problems_only,
+            "limit": limit,
+            "offset": offset,
+            **rules.params(),
+        }
+        async with self._fleet_slots.slot():
+            items = await self._fetchall(QUALITY_QUERIES[order], params, class_row(DeviceQuality))
+        return (items[0].total_count if items else 0), items
+
     async def hourly(
-        self, vehicle_id: str, start: datetime, end: datetime, threshold: float
+        self, vehicle_id: str, start: datetime, end: datetime, rules: Rules
     ) -> list[HourEnergy]:
         """One row per hour of ``[start, end)`` (whole hours) for one vehicle."""
         return await self._fetchall(
             HOURLY_SQL,
-            {"vehicle_id": vehicle_id, "from": start, "to": end, "threshold": threshold},
+            {"vehicle_id": vehicle_id, "from": start, "to": end, **rules.params()},
             class_row(HourEnergy),
         )
 
     async def performance(
-        self, vehicle_id: str, start: datetime, end: datetime, threshold: float
+        self, vehicle_id: str, start: datetime, end: datetime, rules: Rules
     ) -> Performance:
         """Totals of ``vehicle_id`` over ``[start, end)``."""
         row = await self._fetchone(
             PERFORMANCE_SQL,
-            {"vehicle_id": vehicle_id, "from": start, "to": end, "threshold": threshold},
+            {"vehicle_id": vehicle_id, "from": start, "to": end, **rules.params()},
             class_row(Performance),
         )
         assert row is not None  # noqa: S101 -- an aggregate always returns one row
@@ -448,3 +745,115 @@ class Reader:
     async def meter_links(self, meter_id: str) -> list[LinkClaim]:
         """Every link claim of a meter, oldest start first (empty if never linked)."""
         return await self._fetchall(METER_LINKS_SQL, (meter_id,), class_row(LinkClaim))
+
+    async def silent(
+        self, at_least: timedelta, kinds: Sequence[str], limit: int, offset: int
+    ) -> SilentPage:
+        """One page of the devices of ``kinds`` silent for ``at_least`` or longer, and their count.
+
+        Longest silent first, then by id (and kind). Takes a fleet slot: it
+        reads the live status of the whole fleet. Raises :class:`FleetBusy`
+        when no slot frees in time.
+        """
+        params = {
+            "for": at_least,
+            "vehicles": "vehicle" in kinds,
+            "meters": "meter" in kinds,
+            "limit": limit,
+            "offset": offset,
+        }
+        async with self._fleet_slots.slot():
+            rows = await self._fetchall(SILENT_SQL, params, args_row(_silent_row))
+        as_of, total, _ = rows[0]  # one row even for a page past the end
+        return SilentPage(as_of, total, [item for _, _, item in rows if item is not None])
+
+    async def silent_counts(self, thresholds: Sequence[timedelta]) -> list[SilentCounts]:
+        """Per stream: its devices, and how many are silent for each of ``thresholds``.
+
+        One statement, one pass over each live status table.
+        """
+        query = silent_counts_sql(len(thresholds)).as_string()
+        return await self._fetchall(query, list(thresholds) * 2, class_row(SilentCounts))
+
+
+# Silent devices: the newest reading (device time) at least %(for)s before now.
+# The page and the count come from one pass over each live-status table (the
+# CTE is materialized once); the LEFT JOIN keeps one row (the count, NULL
+# columns) for a page past the end. No index on recorded_at: every upsert of
+# live status changes it, so an index would end the HOT updates of the
+# consumers' hot path, for a few milliseconds saved here (README "Silent devices").
+SILENT_SQL = """
+WITH silent AS MATERIALIZED (
+    SELECT 'vehicle' AS kind, vehicle_id AS device_id, recorded_at, updated_at
+    FROM vehicle_live_status
+    WHERE %(vehicles)s AND recorded_at <= now() - %(for)s::interval
+    UNION ALL
+    SELECT 'meter', meter_id, recorded_at, updated_at
+    FROM meter_live_status
+    WHERE %(meters)s AND recorded_at <= now() - %(for)s::interval
+)
+SELECT now() AS as_of, (SELECT count(*) FROM silent) AS total, p.*
+FROM (VALUES (1)) AS one (n)
+LEFT JOIN LATERAL (
+    SELECT kind, device_id, recorded_at, updated_at,
+           extract(epoch FROM now() - recorded_at)::float8 AS silent_seconds
+    FROM silent
+    ORDER BY recorded_at, device_id, kind
+    LIMIT %(limit)s OFFSET %(offset)s
+) p ON true
+"""
+
+
+def silent_counts_sql(thresholds: int) -> sql.Composed:
+    """Per stream, one row: ``stream``, ``as_of`` (now), ``devices``, and ``silent``, the
+    count of devices silent for each threshold (``thresholds`` interval parameters, given
+    once per stream, meter first)."""
+    counts = sql.SQL(", ").join(
+        [sql.SQL("count(*) FILTER (WHERE recorded_at <= now() - %s::interval)")] * thresholds
+    )
+    per_stream = sql.SQL(
+        "SELECT {stream} AS stream, now() AS as_of, count(*) AS devices,"
+        " ARRAY[{counts}]::bigint[] AS silent FROM {live}"
+    )
+    return sql.SQL(" UNION ALL ").join(
+        per_stream.format(stream=sql.Literal(stream), counts=counts, live=sql.Identifier(live))
+        for stream, live in (("meter", "meter_live_status"), ("vehicle", "vehicle_live_status"))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SilentDevice:
+    """A device silent since its newest reading (``recorded_at``, device time), stored at
+    ``updated_at``; ``silent_seconds`` is the time from ``recorded_at`` to the page's ``as_of``."""
+
+    kind: str
+    device_id: str
+    recorded_at: datetime
+    updated_at: datetime
+    silent_seconds: float
+
+
+def _silent_row(
+    as_of: datetime, total: int, *device: Any
+) -> tuple[datetime, int, SilentDevice | None]:
+    """A row of :data:`SILENT_SQL`: the device is NULL on a page past the end."""
+    return as_of, total, SilentDevice(*device) if device[0] is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SilentPage:
+    """A page of silent devices, measured at ``as_of`` (database time); ``total`` on every page."""
+
+    as_of: datetime
+    total: int
+    items: list[SilentDevice]
+
+
+@dataclass(frozen=True, slots=True)
+class SilentCounts:
+    """One stream at ``as_of``: its devices, and per threshold (in order) how many are silent."""
+
+    stream: str
+    as_of: datetime
+    devices: int
+    silent: list[int]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analytics_api.errors import InvalidQuery
+from analytics_api.queries import Rules
+from analytics_api.silence import Duration, parse_duration
 from schemas.settings import ApiKeySettings, Port, ServeSettings
 
 
@@ -39,11 +42,36 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
 
     #: Efficiency below this is flagged ``lowEfficiency`` (power loss or a fault).
     low_efficiency_threshold: float = Field(default=0.85, gt=0, le=1)
+    #: ``lowEfficiency`` is asserted only when the vehicle and its meters each
+    #: reported in at least this share of the minutes they were active in;
+    #: an hour is matched when both reported in this share of its minutes.
+    min_coverage: float = Field(default=0.9, ge=0, le=1)
+    #: A run of this many minutes or more without a reading is a gap.
+    gap_minutes: int = Field(default=5, ge=1, le=60)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
     #: The daily series: local days given when ``from`` is missing, and at most per request.
     default_daily_days: int = Field(default=7, ge=1)
     max_daily_days: int = Field(default=92, ge=1)
+
+    #: ``energy_silent_devices`` is exported for each of these silences (ISO 8601
+    #: durations, comma-separated, as ``GET /v1/devices/silent?for=`` takes them).
+    silent_thresholds: str = "PT5M,PT15M,PT1H"
+    #: The silent-device gauges are recomputed this often (one query each time).
+    silent_refresh_s: float = Field(default=30, gt=0, le=3600)
+
+    @field_validator("silent_thresholds")
+    @classmethod
+    def _thresholds_parse(cls, value: str) -> str:
+        """Every threshold is a valid duration, each named once (in its canonical form)."""
+        texts = [t.text for t in _thresholds(value)]
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"a silent threshold is named twice: {value!r}")
+        return value
+
+    def silent_threshold_list(self) -> list[Duration]:
+        """``silent_thresholds`` parsed, shortest first."""
+        return sorted(_thresholds(self.silent_thresholds), key=lambda t: t.length)
 
     @model_validator(mode="after")
     def _fleet_leaves_room(self) -> Self:
@@ -66,6 +94,17 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
             )
         return self
 
+    def rules(self) -> Rules:
+        """What the views judge the data by."""
+        return Rules(self.low_efficiency_threshold, self.min_coverage, self.gap_minutes)
+
     def fleet_limit(self) -> int:
         """How many fleet queries may run at once (``fleet_max_concurrent``, or half the pool)."""
         return self.fleet_max_concurrent or max(1, self.pool_max_size // 2)
+
+
+def _thresholds(value: str) -> list[Duration]:
+    try:
+        return [parse_duration("silent_thresholds", part.strip()) for part in value.split(",")]
+    except InvalidQuery as exc:
+        raise ValueError(exc.message) from None

@@ -43,7 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from analytics_api.queries import FLEET_QUERIES, PERFORMANCE_SQL, PLANNER_OPTIONS
+from analytics_api.queries import FLEET_QUERIES, PERFORMANCE_SQL, PLANNER_OPTIONS, Rules
 from analytics_api.settings import AnalyticsSettings
 from analytics_api.window import resolve_hour_window, resolve_window
 from bench.day_loader import Day, Fleet, prepare_day, vehicle_id
@@ -109,8 +109,14 @@ def vehicle_window() -> tuple[datetime, datetime]:
     return resolve_window(None, None, DAY, timedelta(days=31))
 
 
-#: The API's default low-efficiency threshold, a parameter of every summary query.
-THRESHOLD = AnalyticsSettings.model_fields["low_efficiency_threshold"].default
+_DEFAULTS = AnalyticsSettings.model_fields
+#: The API's default rules (low-efficiency threshold, coverage, gaps): parameters
+#: of every summary query.
+RULES = Rules(
+    _DEFAULTS["low_efficiency_threshold"].default,
+    _DEFAULTS["min_coverage"].default,
+    _DEFAULTS["gap_minutes"].default,
+)
 
 
 def fleet_params() -> dict[str, Any]:
@@ -120,9 +126,9 @@ def fleet_params() -> dict[str, Any]:
         "from": frm,
         "to": to,
         "low_only": False,
-        "threshold": THRESHOLD,
         "limit": 100,
         "offset": 0,
+        **RULES.params(),
     }
 
 
@@ -133,9 +139,7 @@ def time_vehicles(conn: psycopg.Connection[Any], ids: list[str]) -> list[float]:
     for vid in ids:
         frm, to = vehicle_window()
         started = time.perf_counter()
-        cur.execute(
-            PERFORMANCE_SQL, {"vehicle_id": vid, "from": frm, "to": to, "threshold": THRESHOLD}
-        )
+        cur.execute(PERFORMANCE_SQL, {"vehicle_id": vid, "from": frm, "to": to, **RULES.params()})
         cur.fetchone()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
@@ -207,7 +211,7 @@ def verify(
     frm, to = vehicle_window()
     checks: list[tuple[str, datetime, datetime, dict[str, Any]]] = []
     for vid in ids:
-        params = {"vehicle_id": vid, "from": frm, "to": to, "threshold": THRESHOLD}
+        params = {"vehicle_id": vid, "from": frm, "to": to, **RULES.params()}
         got = api.cursor(row_factory=dict_row).execute(PERFORMANCE_SQL, params).fetchone()
         assert got is not None  # noqa: S101 -- an aggregate always returns one row
         checks.append((vid, frm, to, got))
@@ -254,7 +258,7 @@ def measure(database: Database, day: Day, args: argparse.Namespace) -> dict[str,
         # A swapped vehicle: its plan shows the edge path of both meters.
         shown = day.relinked[0] if day.relinked else ids[0]
         frm, to = vehicle_window()
-        params = {"vehicle_id": shown, "from": frm, "to": to, "threshold": THRESHOLD}
+        params = {"vehicle_id": shown, "from": frm, "to": to, **RULES.params()}
         vehicle_plan = explain_generic(api, "bench_vehicle", PERFORMANCE_SQL, params)
         fleet = fleet_params()
         fleet_plan = explain_generic(api, "bench_fleet", FLEET_QUERIES["efficiency"], fleet)

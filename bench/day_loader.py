@@ -120,9 +120,9 @@ WITH ins AS (
     RETURNING vehicle_id, recorded_at, kwh_delivered_dc, battery_temp
 )
 INSERT INTO vehicle_hourly_rollup
-    (vehicle_id, hour, readings, kwh_delivered_dc, battery_temp_sum)
+    (vehicle_id, hour, readings, kwh_delivered_dc, battery_temp_sum, minutes)
 SELECT vehicle_id, date_trunc('hour', recorded_at, 'UTC'), count(*),
-       sum(kwh_delivered_dc), sum(battery_temp)
+       sum(kwh_delivered_dc), sum(battery_temp), bit_or(energy_minute_bit(recorded_at))
 FROM ins GROUP BY 1, 2
 """
 
@@ -133,20 +133,24 @@ WITH ins AS (
         %(d0)s, %(d1)s, %(e0)s, %(e1)s, %(devices)s, %(switch_at)s)
     RETURNING meter_id, recorded_at, kwh_consumed_ac
 )
-INSERT INTO meter_hourly_rollup (meter_id, hour, readings, kwh_consumed_ac)
-SELECT meter_id, date_trunc('hour', recorded_at, 'UTC'), count(*), sum(kwh_consumed_ac)
+INSERT INTO meter_hourly_rollup (meter_id, hour, readings, kwh_consumed_ac, minutes)
+SELECT meter_id, date_trunc('hour', recorded_at, 'UTC'), count(*), sum(kwh_consumed_ac),
+       bit_or(energy_minute_bit(recorded_at))
 FROM ins GROUP BY 1, 2
 """
 
 # Live status: every device's newest reading (the last minute loaded).
 LOAD_LIVE = (
     """
-INSERT INTO vehicle_live_status (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp)
-SELECT * FROM pg_temp.bench_vehicle_rows(0, %(devices)s, %(last)s, %(last)s + 1)
+INSERT INTO vehicle_live_status
+    (vehicle_id, recorded_at, soc, kwh_delivered_dc, battery_temp, first_recorded_at)
+SELECT *, to_timestamp(%(e0)s * 60)
+FROM pg_temp.bench_vehicle_rows(0, %(devices)s, %(last)s, %(last)s + 1)
 """,
     """
-INSERT INTO meter_live_status (meter_id, recorded_at, kwh_consumed_ac, voltage)
-SELECT * FROM pg_temp.bench_meter_rows(
+INSERT INTO meter_live_status
+    (meter_id, recorded_at, kwh_consumed_ac, voltage, first_recorded_at)
+SELECT *, to_timestamp(%(e0)s * 60) FROM pg_temp.bench_meter_rows(
     0, %(devices)s, %(last)s, %(last)s + 1, %(devices)s, %(switch_at)s)
 """,
 )

@@ -231,40 +231,45 @@ def hourly_deltas(
     sums: tuple[tuple[str, int], ...],
     adjustments: Sequence[Adjustment] = (),
 ) -> list[Row]:
-    """Per (device, UTC hour): the hour, the number of rows, each summed value, and
-    the resets and jumps among them (a history row ends with its register note);
-    then ``adjustments`` (recounted energies: the first sum, resets, jumps) added.
+    """Per (device, UTC hour): the hour, the number of rows, each summed value, the
+    bitmap of the minutes with a row (bit i: minute i), and the resets and jumps
+    among them (a history row ends with its register note); then ``adjustments``
+    (recounted energies: the first sum, resets, jumps) added.
     """
     acc: dict[tuple[str, int], list[Any]] = {}
     summed = _values_at([index for _, index in sums])
     width = len(sums)
-    resets, jumps = width + 1, width + 2
-    # Heartbeats of one minute share their timestamp: find each one's hour once.
-    hours: dict[datetime, int] = {}
+    minutes, resets, jumps = width + 1, width + 2, width + 3
+    # Heartbeats of one minute share their timestamp: find each one's hour and
+    # minute once.
+    slots: dict[datetime, tuple[int, int]] = {}
     for row in rows:
         recorded_at = row[1]
-        hour = hours.get(recorded_at)
-        if hour is None:
-            hour = hours[recorded_at] = int(recorded_at.timestamp()) // 3600
+        slot_of = slots.get(recorded_at)
+        if slot_of is None:
+            minute = int(recorded_at.timestamp()) // 60
+            slot_of = slots[recorded_at] = (minute // 60, 1 << (minute % 60))
+        hour, bit = slot_of
         key = (row[0], hour)
         values = summed(row)
         slot = acc.get(key)
         if slot is None:
-            acc[key] = [1, *values, 0, 0]
+            acc[key] = [1, *values, bit, 0, 0]
         else:
             slot[0] += 1
             for n in range(width):
                 slot[n + 1] += values[n]
+            slot[minutes] |= bit
     # Few rows carry a note: count them apart from the loop every row takes.
     for row in [row for row in rows if row[-1] is not None]:
-        slot = acc[(row[0], hours[row[1]])]
+        slot = acc[(row[0], slots[row[1]][0])]
         slot[resets] += row[-1] == Note.RESET
         slot[jumps] += row[-1] == Note.JUMP
     for device, at, kwh, reset, jump, _note in adjustments:
         key = (device, int(at.timestamp()) // 3600)  # the reading's hour
         slot = acc.get(key)
         if slot is None:
-            slot = acc[key] = [0, *([0.0] * width), 0, 0]
+            slot = acc[key] = [0, *([0.0] * width), 0, 0, 0]
         slot[1] += kwh
         slot[resets] += reset
         slot[jumps] += jump

@@ -158,6 +158,7 @@ class RegisterBook:
         self._register_of = operator.itemgetter(table.register_index)
         self._upsert = table.upsert_live()
         self._behind = _behind_sql(table)
+        self._first_seen = _first_seen_sql(table)
         self._recount = _recount_sql(table)
         self._update = _update_sql(table)
         self._replacements = (
@@ -186,6 +187,7 @@ class RegisterBook:
         devices = sorted(newest)
         # The live columns: a history row less its register note.
         params: list[Any] = [list(c) for c in zip(*map(newest.get, devices), strict=True)][:-1]
+        params.append(list(map(oldest.get, devices)))
         # At C speed: the registers of the batch, and whether any is not None.
         registers = list(map(self._register_of, rows)).count(None) < len(rows)
         params += [registers, min(oldest.values()), len(devices)]
@@ -202,6 +204,10 @@ class RegisterBook:
         if some_behind:
             cur = await conn.execute(self._behind, (devices,))
             behind = {device for (device,) in await cur.fetchall()}
+            # Live status did not move for these: the upsert left their first
+            # time as it was, though the batch may hold older readings.
+            late = sorted(behind)
+            await conn.execute(self._first_seen, (late, list(map(oldest.get, late))))
         return LiveResult(heads, behind, registers)
 
     async def count_new(
@@ -335,6 +341,15 @@ def _behind_sql(table: ReadingTable) -> sql.Composed:
     return sql.SQL(
         "SELECT {key} FROM {live}"
         " WHERE {key} = ANY(%b::text[]) AND xmin <> pg_current_xact_id()::xid"
+    ).format(live=sql.Identifier(table.live), key=sql.Identifier(table.key))
+
+
+def _first_seen_sql(table: ReadingTable) -> sql.Composed:
+    """Lower live status's first time of devices (an array) to times (an array) before it."""
+    return sql.SQL(
+        "UPDATE {live} SET first_recorded_at = u.at"
+        " FROM unnest(%b::text[], %b::timestamptz[]) AS u(device, at)"
+        " WHERE {key} = u.device AND (first_recorded_at IS NULL OR first_recorded_at > u.at)"
     ).format(live=sql.Identifier(table.live), key=sql.Identifier(table.key))
 
 

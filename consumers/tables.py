@@ -87,14 +87,15 @@ class ReadingTable:
     def upsert_rollup(self, notes: bool = True) -> sql.Composed:
         """Add per-hour counts and sums (from parallel arrays) to the hourly rollup.
 
-        The arrays: device, hour, readings, each sum, then (``notes``) resets
-        and jumps. Deltas may be negative (a late reading changed the energy of
-        the one after it).
+        The arrays: device, hour, readings, each sum, the bitmap of the hour's
+        minutes with a reading (or-ed in), then (``notes``) resets and jumps.
+        Deltas may be negative (a late reading changed the energy of the one
+        after it).
         """
         sums = [name for name, _ in self.rollup_sums]
         counts = ["resets", "jumps"] if notes else []
-        cols = [self.key, "hour", "readings", *sums, *counts]
-        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums))]
+        cols = [self.key, "hour", "readings", *sums, "minutes", *counts]
+        arrays = ["text", "timestamptz", "int4", *(["float8"] * len(sums)), "int8"]
         arrays += ["int4"] * len(counts)
         return sql.SQL(
             "INSERT INTO {rollup} AS r ({cols}) SELECT * FROM unnest({arrays}) "
@@ -105,8 +106,13 @@ class ReadingTable:
             arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(t)) for t in arrays),
             key=sql.Identifier(self.key),
             adds=sql.SQL(", ").join(
-                sql.SQL("{c} = r.{c} + EXCLUDED.{c}").format(c=sql.Identifier(c))
-                for c in ("readings", *sums, *counts)
+                [
+                    *(
+                        sql.SQL("{c} = r.{c} + EXCLUDED.{c}").format(c=sql.Identifier(c))
+                        for c in ("readings", *sums, *counts)
+                    ),
+                    sql.SQL("minutes = r.minutes | EXCLUDED.minutes"),
+                ]
             ),
         )
 
@@ -115,8 +121,10 @@ class ReadingTable:
         returning the heads the registers may need (:mod:`consumers.registers`).
 
         An older or equal ``recorded_at`` never overwrites the stored one; a
-        moved row keeps the time and register it replaced (``previous_*``).
-        The parameters: arrays of the live columns; whether the batch holds
+        moved row keeps the time and register it replaced (``previous_*``) and
+        the earliest time it has seen (``first_recorded_at``).
+        The parameters: arrays of the live columns, and of each device's oldest
+        time in the batch; whether the batch holds
         register readings (then every replaced head is returned); the batch's
         oldest time (else only heads at or after it are returned: a device with
         a reading at or before its head has one); the number of devices. When
@@ -129,7 +137,7 @@ class ReadingTable:
         arrays = sql.SQL(", ").join(
             # %b: arrays travel in binary, much cheaper to dump than text.
             sql.SQL("%b::{}[]").format(sql.SQL(t))
-            for t in ("text", "timestamptz", *self.pg_types)
+            for t in ("text", "timestamptz", *self.pg_types, "timestamptz")
         )
         updates = sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
@@ -137,9 +145,10 @@ class ReadingTable:
         )
         return sql.SQL(
             "WITH moved AS ("
-            " INSERT INTO {live} AS live ({cols}, updated_at)"
+            " INSERT INTO {live} AS live ({cols}, first_recorded_at, updated_at)"
             " SELECT *, now() FROM unnest({arrays})"
             " ON CONFLICT ({key}) DO UPDATE SET {updates},"
+            " first_recorded_at = least(live.first_recorded_at, EXCLUDED.first_recorded_at),"
             " previous_recorded_at = live.recorded_at, previous_register = live.{register}"
             " WHERE live.recorded_at < EXCLUDED.recorded_at"
             " RETURNING {key}, previous_recorded_at, previous_register"

@@ -239,14 +239,20 @@ def gateway(env: ModuleEnv) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def analytics(env: ModuleEnv) -> Iterator[Any]:
+def analytics_options() -> dict[str, Any]:
+    """Settings of the module's analytics app beyond the defaults (a module may override)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def analytics(env: ModuleEnv, analytics_options: dict[str, Any]) -> Iterator[Any]:
     """The analytics app in-process, reading this module's database as the read-only role."""
     from fastapi.testclient import TestClient
 
     from analytics_api.app import create_app
     from analytics_api.settings import AnalyticsSettings
 
-    settings = AnalyticsSettings(database_url=env.reader_url, api_keys=API_KEY)
+    settings = AnalyticsSettings(database_url=env.reader_url, api_keys=API_KEY, **analytics_options)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200)
         yield client

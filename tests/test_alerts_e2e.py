@@ -15,8 +15,9 @@ The gateway publishes to a broker of this module's own (``.stack/test-alerts``
 on free ports), which is crashed and restarted; the session's broker, which
 the consumers read and other modules share, is never touched.
 
-Not here yet: an alert on silent devices (part of the fleet stops sending).
-No rule for it exists; its end-to-end test belongs in this module with it.
+Not here: the silent-device alerts. Their rules are checked by promtool's
+unit tests (``deploy/prometheus/alerts_test.yml``) over series shaped like a
+fleet's, and the gauges they read by ``tests/test_silent.py``.
 """
 
 from __future__ import annotations

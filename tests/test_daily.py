@@ -120,7 +120,6 @@ def brute_day(env: ModuleEnv, start: datetime, end: datetime) -> dict[str, Any]:
         " WHERE l.vehicle_id = %s AND h.recorded_at >= %s AND h.recorded_at < %s",
         (VEHICLE, start, end),
     )[0]
-    efficiency = dc / ac if ac else None
     return {
         "vehicleReadings": n,
         "totalDc": dc,
@@ -128,8 +127,7 @@ def brute_day(env: ModuleEnv, start: datetime, end: datetime) -> dict[str, Any]:
         "meterReadings": m,
         "totalAc": ac,
         "meterIds": sorted(meters),
-        "efficiency": efficiency,
-        "lowEfficiency": None if efficiency is None else efficiency < 0.85,
+        "efficiency": dc / ac if ac else None,
     }
 
 

@@ -8,6 +8,10 @@ values chosen so that every sum and ratio is exact in binary floating point
 - EV-EDGE: 1.0 / 0.85 each hour -> exactly 0.85, the threshold: not low.
 - EV-NOAC: no meter linked, 0.25 DC each hour -> null efficiency, null flag.
 - EV-NODC: 0.5 AC in the first hour only, no DC -> 0.0, low (second hour null).
+
+One reading per hour is far from one a minute: these apps assert the flag
+whatever the coverage (``ANALYTICS_MIN_COVERAGE=0``); tests/test_coverage.py
+covers the gate.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ HOURS = {
     "EV-NOAC": [(0.0, 0.25, None, None), (0.0, 0.25, None, None)],
     "EV-NODC": [(0.5, 0.0, 0.0, True), (0.0, 0.0, None, None)],
 }
+
+
+@pytest.fixture(scope="module")
+def analytics_options() -> dict[str, Any]:
+    """The flag whatever the coverage."""
+    return {"min_coverage": 0}
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +131,15 @@ def test_csv_carries_the_same_flags(analytics: TestClient, fleet: None) -> None:
 
 @pytest.fixture(scope="module")
 def strict_analytics(env: ModuleEnv) -> Iterator[TestClient]:
-    """The analytics app with a threshold of 0.9 instead of the default."""
+    """The analytics app with a threshold of 0.9 instead of the default (and no coverage gate)."""
     from analytics_api.app import create_app
     from analytics_api.settings import AnalyticsSettings
 
     settings = AnalyticsSettings(
-        database_url=env.reader_url, api_keys=API_KEY, low_efficiency_threshold=0.9
+        database_url=env.reader_url,
+        api_keys=API_KEY,
+        low_efficiency_threshold=0.9,
+        min_coverage=0,
     )
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200)

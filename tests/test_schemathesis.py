@@ -15,6 +15,9 @@ Schemathesis is taught what JSON Schema cannot say:
 - ``ndjson``, the format of an NDJSON batch, is lines of readings: its
   strategy draws such lines, and the ``application/x-ndjson`` serializer sends
   the text as it is (any other value as its JSON text, as a client would).
+- ``silence-duration``, the format of ``for`` of the silent-device list, is an
+  ISO 8601 duration within bounds (a minute to 366 days): its strategy draws
+  such durations, spelled as they come (``PT90M`` as well as ``PT1H30M``).
 - A window of the analytics API relates ``from`` and ``to`` (``from`` before
   ``to``, at most 31 days): valid cases get their times ordered and brought
   inside one window (see :func:`_window_query`). Invalid cases are sent as drawn.
@@ -55,6 +58,7 @@ from schemathesis.python.asgi import get_client
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from analytics_api.silence import DURATION_FORMAT, LONGEST, SHORTEST
 from schemas import Stream
 from schemas.events import DeviceId
 from tests.conftest import API_KEY, ModuleEnv, wait_for, write_batches
@@ -117,6 +121,23 @@ _VEHICLES = st.fixed_dictionaries(
 )
 
 
+def _spell(days: int, hours: int, minutes: int, seconds: int) -> str:
+    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
+    return "P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")
+
+
+def silences() -> st.SearchStrategy[str]:
+    """ISO 8601 durations from a minute to 366 days, in days, hours, minutes and seconds."""
+    parts = st.tuples(
+        st.integers(0, 366), st.integers(0, 48), st.integers(0, 120), st.integers(0, 120)
+    )
+    return parts.filter(
+        lambda p: (
+            SHORTEST <= timedelta(days=p[0], hours=p[1], minutes=p[2], seconds=p[3]) <= LONGEST
+        )
+    ).map(lambda p: _spell(*p))
+
+
 def ndjson_batches() -> st.SearchStrategy[str]:
     """NDJSON text of 1 to 20 valid readings, one per line."""
     lines = st.lists(st.one_of(_METERS, _VEHICLES), min_size=1, max_size=20)
@@ -126,6 +147,7 @@ def ndjson_batches() -> st.SearchStrategy[str]:
 schemathesis.openapi.format(RECENT_FORMAT, recent_times())
 schemathesis.openapi.format(LINK_FORMAT, recent_times(LINK_LATEST))
 schemathesis.openapi.format(NDJSON_FORMAT, ndjson_batches())
+schemathesis.openapi.format(DURATION_FORMAT, silences())
 schemathesis.openapi.format(ZONE_FORMAT, st.sampled_from(sorted(available_timezones())))
 
 

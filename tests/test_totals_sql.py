@@ -18,27 +18,50 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from analytics_api.queries import PERFORMANCE_SQL, PLANNER_OPTIONS
+from analytics_api.queries import PERFORMANCE_SQL, PLANNER_OPTIONS, Rules
 from consumers.migrate import SQL_DIR, apply_migrations
 from consumers.partitions import RetentionPolicy, run_maintenance
 from deploy.local.services import create_database, drop_database, with_database
 from tests.conftest import ModuleEnv
-from tests.readings import ROLLUPS_FROM_HISTORY
+from tests.readings import ROLLUP_SUMS_FROM_HISTORY
 
 #: The last migration of the databases that predate the current totals.
 BEFORE = "0006"
 HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 
 CURRENT_FUNCTIONS = [
-    "energy_apply_link_claims(text[],text[])",
-    "energy_efficiency(double precision,double precision,double precision)",
-    "energy_ensure_partition(text,date)",
-    "energy_grant_reader(name)",
-    "energy_hour_split(timestamp with time zone,timestamp with time zone)",
-    "energy_link_claims_of(text[],text[])",
-    "energy_meter_totals(text,timestamp with time zone,timestamp with time zone,"
-    "timestamp with time zone,timestamp with time zone)",
-    "energy_vehicle_totals(text,timestamp with time zone,timestamp with time zone)",
+    f.replace("TSTZ", "timestamp with time zone").replace("FLOAT", "double precision")
+    for f in [
+        "energy_active_span(TSTZ,TSTZ,TSTZ)",
+        "energy_apply_link_claims(text[],text[])",
+        "energy_coverage(integer,integer)",
+        "energy_efficiency(double precision,double precision,double precision)",
+        "energy_ensure_partition(text,date)",
+        "energy_grant_reader(name)",
+        "energy_hour_clean(bigint,bigint,integer,integer)",
+        "energy_hour_covered(TSTZ,bigint,TSTZ,TSTZ)",
+        "energy_hour_piece(TSTZ,bigint,TSTZ,TSTZ)",
+        "energy_hour_split(TSTZ,TSTZ)",
+        "energy_link_claims_of(text[],text[])",
+        "energy_link_coverage(text,TSTZ,TSTZ,TSTZ,TSTZ,integer)",
+        "energy_matched_hours(text,TSTZ,TSTZ,integer,integer)",
+        "energy_meter_coverage(text,TSTZ,TSTZ,TSTZ,TSTZ,integer)",
+        "energy_meter_minutes(text,TSTZ,TSTZ,TSTZ,TSTZ)",
+        "energy_meter_totals(text,TSTZ,TSTZ,TSTZ,TSTZ)",
+        "energy_minute_bit(TSTZ)",
+        "energy_minute_span(TSTZ,TSTZ,TSTZ[],bigint[])",
+        "energy_minute_text(bigint)",
+        "energy_rollup_coverage(TSTZ,TSTZ,TSTZ,TSTZ,TSTZ[],bigint[],integer)",
+        "energy_source_coverage(TSTZ,TSTZ,TSTZ[],bigint[],integer)",
+        "energy_span_gaps(text,integer)",
+        "energy_span_hours(TSTZ,TSTZ)",
+        "energy_span_mask(TSTZ,TSTZ,TSTZ)",
+        "energy_span_minutes(TSTZ,TSTZ)",
+        "energy_trusted_flag(FLOAT,boolean,FLOAT,FLOAT,FLOAT)",
+        "energy_vehicle_coverage(text,TSTZ,TSTZ,TSTZ,TSTZ,integer)",
+        "energy_vehicle_minutes(text,TSTZ,TSTZ,TSTZ,TSTZ)",
+        "energy_vehicle_totals(text,TSTZ,TSTZ)",
+    ]
 ]
 
 _FUNCTIONS = """
@@ -95,7 +118,7 @@ def _fill(url: str) -> None:
                     " (meter_id, recorded_at, kwh_consumed_ac, voltage) VALUES (%s, %s, %s, 230)",
                     (meter, at, (step % 3) / 4),
                 )
-        conn.execute(ROLLUPS_FROM_HISTORY)
+        conn.execute(ROLLUP_SUMS_FROM_HISTORY)
 
 
 def _totals(url: str) -> list[tuple[Any, ...]]:
@@ -150,6 +173,7 @@ def test_upgrade_reaches_the_fresh_end_state_with_the_same_totals(
         "0008.reader-role",
         "0009.link-claims",
         "0010.registers",
+        "0011.coverage",
     ]
     assert _totals(older_database) == before
     # The same totals as a plain SUM over history (dyadic values: exact).
@@ -161,6 +185,15 @@ def test_upgrade_reaches_the_fresh_end_state_with_the_same_totals(
             (t0, t1),
         ).fetchone()
     assert before[3] == plain
+    # The rollups written before gained the minutes of their readings.
+    with psycopg.connect(older_database) as conn:
+        stale = conn.execute(
+            "SELECT count(*) FROM vehicle_hourly_rollup r WHERE minutes <> ("
+            " SELECT bit_or(energy_minute_bit(recorded_at)) FROM vehicle_readings_history h"
+            " WHERE h.vehicle_id = r.vehicle_id"
+            " AND date_trunc('hour', h.recorded_at, 'UTC') = r.hour)"
+        ).fetchone()
+    assert stale == (0,)
 
     upgraded = _catalog(older_database, _FUNCTIONS)
     assert [signature for signature, _ in upgraded] == CURRENT_FUNCTIONS
@@ -184,10 +217,16 @@ def test_summary_plan_skips_other_days_before_it_runs(env: ModuleEnv) -> None:
         return f"${names.index(match.group(1)) + 1}"
 
     statement = re.sub(r"%\((\w+)\)s", placeholder, PERFORMANCE_SQL)
-    types = {"vehicle_id": "text", "from": "timestamptz", "to": "timestamptz"}
+    types = {
+        "vehicle_id": "text",
+        "from": "timestamptz",
+        "to": "timestamptz",
+        "gap_minutes": "int4",
+        "min_minutes": "int4",
+    }
     to = datetime.now(UTC)
     frm = to - timedelta(hours=24)
-    params = {"vehicle_id": "PV1", "from": frm, "to": to, "threshold": 0.85}
+    params = {"vehicle_id": "PV1", "from": frm, "to": to, **Rules(0.85, 0.9, 5).params()}
     arguments = sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
     with psycopg.connect(env.reader_url, options=PLANNER_OPTIONS, autocommit=True) as conn:
         conn.execute(
@@ -215,9 +254,10 @@ def test_summary_plan_skips_other_days_before_it_runs(env: ModuleEnv) -> None:
         for kept, removed in appends
         if all("_readings_history_p" in name for name in kept)
     ]
-    # The vehicle's two edges and its meters' two, each cut at executor start-up to
-    # the partitions of the window's days.
-    assert len(history) == 4, appends
+    # The vehicle's two edges and its meters' two, read for the totals and for
+    # the minutes with a reading, each cut at executor start-up to the
+    # partitions of the window's days.
+    assert len(history) == 8, appends
     for kept, removed in history:
         assert {name.rsplit("_p", 1)[1] for name in kept} <= days, appends
         assert removed == partitions[0] - len(kept), appends

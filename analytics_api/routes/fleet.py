@@ -11,21 +11,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from analytics_api.errors import InvalidQuery, NotFound
-from analytics_api.export import csv_response, iso, wants_csv
-from analytics_api.queries import FLEET_ORDER
+from analytics_api.export import csv_response, iso, table_responses, wants_csv
+from analytics_api.queries import FLEET_ORDER, QUALITY_ORDER
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
     UNAVAILABLE,
     DeviceIdPath,
+    EnergyFields,
     TimeQuery,
     device_responses,
     window_rules,
 )
 from analytics_api.state import AnalyticsState
-from analytics_api.summary import energy_fields
+from analytics_api.summary import TRUST_COLUMNS, energy_fields
 from analytics_api.window import resolve_hour_window
 from schemas.openapi import error_responses
 from schemas.web import require_api_key
@@ -43,6 +44,7 @@ FLEET_COLUMNS = (
     "meterIds",
     "vehicleReadings",
     "meterReadings",
+    *TRUST_COLUMNS,
 )
 HOURLY_COLUMNS = (
     "hour",
@@ -53,20 +55,28 @@ HOURLY_COLUMNS = (
     "avgBatteryTemp",
     "vehicleReadings",
     "meterReadings",
+    *TRUST_COLUMNS,
 )
 
 
-class _Energy(CamelModel):
-    total_ac: float
-    total_dc: float
-    efficiency: float | None
-    low_efficiency: bool | None
-    avg_battery_temp: float | None
-    vehicle_readings: int
-    meter_readings: int
+QUALITY_COLUMNS = (
+    "kind",
+    "deviceId",
+    "problems",
+    "coverage",
+    "expectedMinutes",
+    "coveredMinutes",
+    "readings",
+    "gaps",
+    "longestGapMinutes",
+    "silentMinutes",
+    "lastReadingAt",
+    "resets",
+    "implausibleJumps",
+)
 
 
-class FleetItem(_Energy):
+class FleetItem(EnergyFields):
     """One vehicle of the fleet view."""
 
     vehicle_id: str
@@ -85,7 +95,45 @@ class FleetPage(CamelModel):
     items: list[FleetItem]
 
 
-class HourSummary(_Energy):
+class DeviceQuality(CamelModel):
+    """One device's data over the window, and what is wrong with it.
+
+    ``problems``: ``low_coverage`` (coverage below ANALYTICS_MIN_COVERAGE),
+    ``gaps`` (at least one gap), ``silent`` (no reading for at least
+    ANALYTICS_GAP_MINUTES now), ``resets``, ``implausible_jumps`` (register
+    readings not counted as sent). ``silentMinutes`` counts from the newest
+    reading's device time to now.
+    """
+
+    kind: str = Field(json_schema_extra={"enum": ["vehicle", "meter"]})
+    device_id: str
+    problems: list[str]
+    coverage: float | None
+    expected_minutes: int
+    covered_minutes: int
+    readings: int
+    gaps: int
+    longest_gap_minutes: int
+    silent_minutes: int | None
+    last_reading_at: datetime | None
+    resets: int
+    implausible_jumps: int
+
+
+class QualityPage(CamelModel):
+    """A page of the quality view over whole hours ``[from, to)``, worst first by default."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    min_coverage: float
+    gap_minutes: int
+    total: int
+    limit: int
+    offset: int
+    items: list[DeviceQuality]
+
+
+class HourSummary(EnergyFields):
     """One whole UTC hour of a vehicle."""
 
     hour: datetime
@@ -100,11 +148,8 @@ class HourlySeries(CamelModel):
     hours: list[HourSummary]
 
 
-def _table(model: type[BaseModel], columns: tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
-    """A 200 of ``model`` as JSON, or as CSV of ``columns`` on ``Accept: text/csv``."""
-    csv_doc = {"type": "string", "description": "CSV with a header row: " + ",".join(columns)}
-    return {200: {"model": model, "content": {"text/csv": {"schema": csv_doc}}}}
-
+#: The device kinds of the quality view.
+_KINDS = ["all", "vehicle", "meter"]
 
 #: ``from`` / ``to`` of the views over whole hours.
 _HOUR_RULES = window_rules("31 days, widened to whole UTC hours (from down, to up)")
@@ -126,7 +171,7 @@ def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[
     summary="Every vehicle's summary over whole hours, sorted and paginated",
     description=_HOUR_RULES,
     responses={
-        **_table(FleetPage, FLEET_COLUMNS),
+        **table_responses(FleetPage, FLEET_COLUMNS),
         **error_responses(
             {
                 422: "A parameter is malformed or out of range, or the window breaks its rules.",
@@ -159,15 +204,96 @@ async def fleet(
             [{"field": "sort", "message": f"unknown sort key {sort!r}"}],
         )
     frm, to = _window(state, start, end)
-    threshold = state.settings.low_efficiency_threshold
-    total, rows = await state.reader.fleet(frm, to, sort, low_efficiency, threshold, limit, offset)
+    rules = state.settings.rules()
+    total, rows = await state.reader.fleet(frm, to, sort, low_efficiency, rules, limit, offset)
     items = [{"vehicleId": r.vehicle_id, "meterIds": r.meter_ids, **energy_fields(r)} for r in rows]
     if wants_csv(request):
         return csv_response(FLEET_COLUMNS, items, "fleet.csv")
     return {
         "from": iso(frm),
         "to": iso(to),
-        "efficiencyThreshold": threshold,
+        "efficiencyThreshold": rules.threshold,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "items": items,
+    }
+
+
+@router.get(
+    "/fleet/quality",
+    response_model=None,
+    summary="Every device ranked by what is wrong with its data",
+    description=_HOUR_RULES,
+    responses={
+        **table_responses(QualityPage, QUALITY_COLUMNS),
+        **error_responses(
+            {
+                422: "A parameter is malformed or out of range, or the window breaks its rules.",
+                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
+            }
+        ),
+    },
+)
+async def quality(
+    request: Request,
+    start: Annotated[TimeQuery, Query(alias="from")] = None,
+    end: Annotated[TimeQuery, Query(alias="to")] = None,
+    kind: Annotated[
+        str, Query(description="vehicle, meter or all", json_schema_extra={"enum": _KINDS})
+    ] = "all",
+    sort: Annotated[
+        str,
+        Query(
+            description="worst (most problems, then lowest coverage, longest gap) or one key",
+            json_schema_extra={"enum": list(QUALITY_ORDER)},
+        ),
+    ] = "worst",
+    problems_only: Annotated[
+        bool, Query(alias="problemsOnly", description="only devices with a problem")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Any:
+    """Devices with readings in the window or active in it, vehicles and meters alike."""
+    state = analytics_state(request)
+    for name, value, allowed in (("kind", kind, _KINDS), ("sort", sort, list(QUALITY_ORDER))):
+        if value not in allowed:
+            raise InvalidQuery(
+                f"{name} must be one of {', '.join(allowed)}",
+                [{"field": name, "message": f"unknown {name} {value!r}"}],
+            )
+    frm, to = _window(state, start, end)
+    rules = state.settings.rules()
+    kinds = {"vehicle", "meter"} if kind == "all" else {kind}
+    total, rows = await state.reader.quality(
+        frm, to, kinds, sort, problems_only, rules, limit, offset
+    )
+    items = [
+        {
+            "kind": r.kind,
+            "deviceId": r.device_id,
+            "problems": r.problems,
+            "coverage": r.coverage,
+            "expectedMinutes": r.expected,
+            "coveredMinutes": r.covered,
+            "readings": r.readings,
+            "gaps": r.gaps,
+            "longestGapMinutes": r.longest_gap,
+            "silentMinutes": r.silent_minutes,
+            "lastReadingAt": r.last_recorded_at and iso(r.last_recorded_at),
+            "resets": r.resets,
+            "implausibleJumps": r.jumps,
+        }
+        for r in rows
+    ]
+    if wants_csv(request):
+        return csv_response(QUALITY_COLUMNS, items, "fleet-quality.csv")
+    return {
+        "from": iso(frm),
+        "to": iso(to),
+        "minCoverage": rules.min_coverage,
+        "gapMinutes": rules.gap_minutes,
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -180,7 +306,7 @@ async def fleet(
     response_model=None,
     summary="One vehicle's energy and efficiency hour by hour",
     description=_HOUR_RULES,
-    responses={**_table(HourlySeries, HOURLY_COLUMNS), **device_responses("vehicle")},
+    responses={**table_responses(HourlySeries, HOURLY_COLUMNS), **device_responses("vehicle")},
 )
 async def hourly(
     request: Request,
@@ -191,10 +317,10 @@ async def hourly(
     """A row per hour of the window (default: the last 24 hours), empty hours included."""
     state = analytics_state(request)
     frm, to = _window(state, start, end)
-    threshold = state.settings.low_efficiency_threshold
-    rows = await state.reader.hourly(vehicle_id, frm, to, threshold)
+    rules = state.settings.rules()
+    rows = await state.reader.hourly(vehicle_id, frm, to, rules)
     if not any(r.dc_readings or r.ac_readings for r in rows):
-        perf = await state.reader.performance(vehicle_id, frm, to, threshold)
+        perf = await state.reader.performance(vehicle_id, frm, to, rules)
         if not perf.known:
             raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
     series = [{"hour": iso(r.hour), **energy_fields(r)} for r in rows]

@@ -61,21 +61,56 @@ class BySource(CamelModel):
     meter: int
 
 
-class PerformanceSummary(CamelModel):
-    """A vehicle's energy over ``[from, to)``; efficiency = totalDc / totalAc."""
+class RatioBySource(CamelModel):
+    """One ratio per source; null where nothing was expected of it."""
+
+    vehicle: float | None
+    meter: float | None
+
+
+class EnergyFields(CamelModel):
+    """A vehicle's energy over a window or an hour, and how far it can be trusted.
+
+    efficiency = totalDc / totalAc (null when AC is 0). ``lowEfficiency`` is
+    asserted only when both sources' coverage reaches ANALYTICS_MIN_COVERAGE;
+    otherwise it is null and ``lowEfficiencyReason`` says why
+    (``insufficient_vehicle_data``, ``insufficient_meter_data``,
+    ``no_ac_energy``). Coverage = coveredMinutes / expectedMinutes: the clock
+    minutes with a reading among those the source was active in (from when it
+    was first seen, meters only inside their links, up to the last whole
+    minute). A gap is a run of at least ANALYTICS_GAP_MINUTES minutes without
+    a reading. The matched figures cover the whole hours in which both the
+    vehicle and every meter linked to it reported cleanly (README "Coverage
+    and gaps").
+    """
+
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    low_efficiency: bool | None
+    low_efficiency_reason: str | None
+    avg_battery_temp: float | None
+    vehicle_readings: int
+    meter_readings: int
+    coverage: RatioBySource
+    expected_minutes: BySource
+    covered_minutes: BySource
+    gaps: BySource
+    longest_gap_minutes: BySource
+    matched_hours: int | None
+    matched_ac: float | None
+    matched_dc: float | None
+    matched_efficiency: float | None
+
+
+class PerformanceSummary(EnergyFields):
+    """A vehicle's energy over ``[from, to)``."""
 
     vehicle_id: str
     from_: datetime = Field(alias="from")
     to: datetime
-    total_ac: float
-    total_dc: float
-    efficiency: float | None
-    avg_battery_temp: float | None
-    low_efficiency: bool | None
     efficiency_threshold: float
     meter_ids: list[str]
-    vehicle_readings: int
-    meter_readings: int
     resets: BySource
     implausible_jumps: BySource
 
@@ -187,11 +222,11 @@ async def performance(
         timedelta(hours=settings.default_window_hours),
         timedelta(days=settings.max_window_days),
     )
-    threshold = settings.low_efficiency_threshold
-    perf = await state.reader.performance(vehicle_id, frm, to, threshold)
+    rules = settings.rules()
+    perf = await state.reader.performance(vehicle_id, frm, to, rules)
     if not perf.known:
         raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
-    return summary_fields(vehicle_id, frm, to, threshold, perf)
+    return summary_fields(vehicle_id, frm, to, rules.threshold, perf)
 
 
 def summary_fields(
@@ -265,16 +300,16 @@ async def daily(
     first, last = resolve_dates(
         start, end, zone, settings.default_daily_days, settings.max_daily_days
     )
-    threshold = settings.low_efficiency_threshold
+    rules = settings.rules()
     days = []
     # One short query per day, one after the other: a 31-day series holds one
     # pooled connection at a time, as 31 summaries would.
     for day in local_days(zone, first, last):
-        perf = await state.reader.performance(vehicle_id, day.start, day.end, threshold)
+        perf = await state.reader.performance(vehicle_id, day.start, day.end, rules)
         if not perf.known:
             raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
         summary = PerformanceSummary.model_validate(
-            summary_fields(vehicle_id, day.start, day.end, threshold, perf)
+            summary_fields(vehicle_id, day.start, day.end, rules.threshold, perf)
         )
         days.append(
             {

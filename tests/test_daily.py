@@ -205,7 +205,7 @@ def test_csv_has_the_same_days(analytics: TestClient, readings: None) -> None:
         (d["date"], d["from"], d["to"], d["hours"]) for d in days
     ]
     assert [float(r["totalAc"]) for r in table] == [d["totalAc"] for d in days]
-    assert [int(r["resets.vehicle"]) for r in table] == [d["resets"]["vehicle"] for d in days]
+    assert [int(r["resetsVehicle"]) for r in table] == [d["resets"]["vehicle"] for d in days]
     assert [r["meterIds"] for r in table] == [" ".join(d["meterIds"]) for d in days]
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from analytics_api.days import local_days, resolve_dates, time_zone
 from analytics_api.errors import NotFound
-from analytics_api.export import csv_response, wants_csv
+from analytics_api.export import csv_response, table_responses, wants_csv
 from analytics_api.queries import Performance
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.summary import energy_fields
@@ -141,26 +141,16 @@ def _nested(kind: Any) -> type[BaseModel] | None:
 
 
 def _columns(model: type[BaseModel]) -> list[str]:
-    """The CSV columns of ``model``: its fields, those of nested models as ``outer.inner``."""
+    """The CSV columns of ``model``: its fields, those of a nested model as ``outerInner``
+    (as :func:`~analytics_api.export.csv_response` spreads nested objects)."""
     columns: list[str] = []
     for name, field in model.model_fields.items():
         alias, nested = field.alias or name, _nested(field.annotation)
         if nested is None:
             columns.append(alias)
         else:
-            columns += [f"{alias}.{inner}" for inner in _columns(nested)]
+            columns += [alias + inner[:1].upper() + inner[1:] for inner in _columns(nested)]
     return columns
-
-
-def _flat(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``row`` with nested objects spread into ``outer.inner`` keys, as :func:`_columns` names."""
-    flat: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 #: A day in CSV: its date and length, then every field of the summary (whatever it carries).
@@ -260,17 +250,7 @@ def summary_fields(
     "hours across a clock change; where clocks jump over midnight, it starts at the first "
     "instant that exists on its date; where midnight comes twice, at the first.",
     responses={
-        200: {
-            "model": DailySeries,
-            "content": {
-                "text/csv": {
-                    "schema": {
-                        "type": "string",
-                        "description": "CSV with a header row: " + ",".join(DAILY_COLUMNS),
-                    }
-                }
-            },
-        },
+        **table_responses(DailySeries, DAILY_COLUMNS),
         **device_responses("vehicle"),
     },
 )
@@ -319,7 +299,7 @@ async def daily(
             }
         )
     if wants_csv(request):
-        return csv_response(DAILY_COLUMNS, map(_flat, days), f"{vehicle_id}-daily.csv")
+        return csv_response(DAILY_COLUMNS, days, f"{vehicle_id}-daily.csv")
     return {
         "vehicleId": vehicle_id,
         "tz": tz,

@@ -50,6 +50,9 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
     gap_minutes: int = Field(default=5, ge=1, le=60)
     default_window_hours: float = Field(default=24, gt=0)
     max_window_days: float = Field(default=31, gt=0)
+    #: The daily series: local days given when ``from`` is missing, and at most per request.
+    default_daily_days: int = Field(default=7, ge=1)
+    max_daily_days: int = Field(default=92, ge=1)
 
     #: ``energy_silent_devices`` is exported for each of these silences (ISO 8601
     #: durations, comma-separated, as ``GET /v1/devices/silent?for=`` takes them).
@@ -78,6 +81,16 @@ class AnalyticsSettings(ServeSettings, ApiKeySettings, BaseSettings):
             raise ValueError(
                 f"fleet_max_concurrent ({limit}) must be below pool_max_size "
                 f"({self.pool_max_size}): per-vehicle requests need connections of their own"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _daily_default_fits(self) -> Self:
+        """The default daily series may not be longer than the longest one allowed."""
+        if self.default_daily_days > self.max_daily_days:
+            raise ValueError(
+                f"default_daily_days ({self.default_daily_days}) must not exceed "
+                f"max_daily_days ({self.max_daily_days})"
             )
         return self
 

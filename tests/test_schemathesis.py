@@ -21,6 +21,10 @@ Schemathesis is taught what JSON Schema cannot say:
 - A window of the analytics API relates ``from`` and ``to`` (``from`` before
   ``to``, at most 31 days): valid cases get their times ordered and brought
   inside one window (see :func:`_window_query`). Invalid cases are sent as drawn.
+- The daily series' ``from`` and ``to`` are local dates (``to`` exclusive, at
+  most 92 days): valid cases get them ordered and brought inside that span
+  (see :func:`_day_query`); ``iana-time-zone``, the format of its ``tz``, is
+  drawn from the zone database's names.
 - A link's ``validTo`` is later than its ``validFrom``: valid cases get them ordered.
 - An OCPP sampled value that becomes part of a reading (energy, voltage) must
   have the measurand's unit and a value inside the readings' ranges: valid
@@ -40,6 +44,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
+from zoneinfo import available_timezones
 
 import orjson
 import pytest
@@ -67,6 +72,7 @@ FAILURES: Counter[str] = Counter()
 RECENT_FORMAT = "recent-date-time"
 LINK_FORMAT = "link-date-time"
 NDJSON_FORMAT = "ndjson"
+ZONE_FORMAT = "iana-time-zone"
 #: Inside the gateway's window (5 minutes ahead, 90 days back) with a margin for the
 #: time between drawing a case and the gateway validating it.
 EARLIEST = timedelta(days=89)
@@ -142,6 +148,7 @@ schemathesis.openapi.format(RECENT_FORMAT, recent_times())
 schemathesis.openapi.format(LINK_FORMAT, recent_times(LINK_LATEST))
 schemathesis.openapi.format(NDJSON_FORMAT, ndjson_batches())
 schemathesis.openapi.format(DURATION_FORMAT, silences())
+schemathesis.openapi.format(ZONE_FORMAT, st.sampled_from(sorted(available_timezones())))
 
 
 @schemathesis.serializer("application/x-ndjson")
@@ -174,6 +181,26 @@ def _window_query(query: dict[str, Any]) -> None:
         query["to"] = to.isoformat()
     if "from" in spots:
         query["from"] = (to - timedelta(seconds=1 + spots["from"] // 2)).isoformat()
+
+
+def _day_query(query: dict[str, Any]) -> None:
+    """Move a valid case's ``from``/``to`` dates into at most 92 days ending in the last year.
+
+    As :func:`_window_query`, derived from the dates drawn; a lone ``from`` lies 1 to
+    88 days before today (UTC), before tomorrow (its default ``to``) in any zone and
+    at most 92 days from it.
+    """
+    spots = {name: abs(hash(str(query[name]))) for name in ("from", "to") if query.get(name)}
+    if not spots:
+        return
+    today = datetime.now(UTC).date()
+    if "to" not in spots:
+        query["from"] = (today - timedelta(days=1 + spots["from"] % 88)).isoformat()
+        return
+    to = today - timedelta(days=spots["to"] % 365)
+    query["to"] = to.isoformat()
+    if "from" in spots:
+        query["from"] = (to - timedelta(days=1 + spots["from"] % 92)).isoformat()
 
 
 def _link_order(body: dict[str, Any]) -> None:
@@ -225,7 +252,9 @@ def map_case(context: Any, case: Case[Any]) -> Case[Any]:
     """Teach valid cases the cross-field rules (see the module docstring)."""
     if not _positive(case):
         return case
-    if case.query and ("from" in case.query or "to" in case.query):
+    if case.query and case.operation.path.endswith("/daily"):
+        _day_query(case.query)
+    elif case.query and ("from" in case.query or "to" in case.query):
         _window_query(case.query)
     if case.operation.path == "/v1/links" and isinstance(case.body, dict):
         _link_order(case.body)

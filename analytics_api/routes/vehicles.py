@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Annotated, Any
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import Field
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
+from analytics_api.days import local_days, resolve_dates, time_zone
 from analytics_api.errors import NotFound
+from analytics_api.export import csv_response, table_responses, wants_csv
+from analytics_api.queries import Performance
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_window
@@ -24,6 +28,8 @@ DeviceIdPath = Annotated[
 ]
 #: ``from`` / ``to``: RFC 3339 times; the window rules are in :func:`window_rules`.
 TimeQuery = Annotated[str | None, Query(json_schema_extra={"format": "date-time"})]
+#: ``from`` / ``to`` of the daily series: local dates (YYYY-MM-DD).
+DateQuery = Annotated[str | None, Query(json_schema_extra={"format": "date"})]
 
 UNAVAILABLE = "PostgreSQL did not answer in time (database_unavailable); retrying is safe."
 
@@ -109,6 +115,48 @@ class PerformanceSummary(EnergyFields):
     implausible_jumps: BySource
 
 
+class DaySummary(PerformanceSummary):
+    """One local day: the per-vehicle summary of its UTC window ``[from, to)``."""
+
+    day: date = Field(alias="date", description="The local date.")
+    hours: float = Field(description="The day's length: 24, or 23 and 25 across a clock change.")
+
+
+class DailySeries(CamelModel):
+    """A vehicle's local days ``[from, to)`` in the time zone ``tz``, empty days included."""
+
+    vehicle_id: str
+    tz: str
+    from_: date = Field(alias="from")
+    to: date
+    days: list[DaySummary]
+
+
+def _nested(kind: Any) -> type[BaseModel] | None:
+    """The model a field holds (alone, or in a union such as ``Model | None``), if any."""
+    for candidate in (kind, *get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _columns(model: type[BaseModel]) -> list[str]:
+    """The CSV columns of ``model``: its fields, those of a nested model as ``outerInner``
+    (as :func:`~analytics_api.export.csv_response` spreads nested objects)."""
+    columns: list[str] = []
+    for name, field in model.model_fields.items():
+        alias, nested = field.alias or name, _nested(field.annotation)
+        if nested is None:
+            columns.append(alias)
+        else:
+            columns += [alias + inner[:1].upper() + inner[1:] for inner in _columns(nested)]
+    return columns
+
+
+#: A day in CSV: its date and length, then every field of the summary (whatever it carries).
+DAILY_COLUMNS = ("date", "hours", *_columns(PerformanceSummary))
+
+
 class VehicleLive(CamelModel):
     """The newest reading of a vehicle (by device timestamp)."""
 
@@ -168,16 +216,96 @@ async def performance(
     perf = await state.reader.performance(vehicle_id, frm, to, rules)
     if not perf.known:
         raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
+    return summary_fields(vehicle_id, frm, to, rules.threshold, perf)
+
+
+def summary_fields(
+    vehicle_id: str, frm: datetime, to: datetime, threshold: float, perf: Performance
+) -> dict[str, Any]:
+    """The per-vehicle summary of ``[frm, to)`` (fields of :class:`PerformanceSummary`).
+
+    The summary route answers with it; each day of the daily series is it.
+    """
     # The response model orders the fields as documented.
     return {
         "vehicleId": vehicle_id,
         "from": frm,
         "to": to,
-        "efficiencyThreshold": rules.threshold,
+        "efficiencyThreshold": threshold,
         "meterIds": perf.meter_ids,
         **energy_fields(perf),
         "resets": {"vehicle": perf.vehicle_resets, "meter": perf.meter_resets},
         "implausibleJumps": {"vehicle": perf.vehicle_jumps, "meter": perf.meter_jumps},
+    }
+
+
+@router.get(
+    "/analytics/performance/{vehicleId}/daily",
+    response_model=None,
+    summary="One vehicle's summary for each local day of a named time zone",
+    description="`tz` is an IANA time zone name (default `UTC`). `from` and `to` are local dates "
+    "(YYYY-MM-DD), `to` exclusive: `to` defaults to tomorrow in `tz`, so that today is the last "
+    "day, and `from` to 7 days (ANALYTICS_DEFAULT_DAILY_DAYS) before `to`; at most 92 days "
+    "(ANALYTICS_MAX_DAILY_DAYS). A day runs from local midnight to local midnight: 23 or 25 "
+    "hours across a clock change; where clocks jump over midnight, it starts at the first "
+    "instant that exists on its date; where midnight comes twice, at the first.",
+    responses={
+        **table_responses(DailySeries, DAILY_COLUMNS),
+        **device_responses("vehicle"),
+    },
+)
+async def daily(
+    request: Request,
+    vehicle_id: Annotated[DeviceIdPath, Path(alias="vehicleId")],
+    tz: Annotated[
+        str,
+        Query(
+            description="An IANA time zone name, e.g. Europe/Berlin",
+            json_schema_extra={"format": "iana-time-zone"},
+        ),
+    ] = "UTC",
+    start: Annotated[DateQuery, Query(alias="from")] = None,
+    end: Annotated[DateQuery, Query(alias="to")] = None,
+) -> Response | dict[str, Any]:
+    """The per-vehicle summary of each local day; CSV on ``Accept: text/csv``. 404 for a
+    vehicle never seen.
+
+    Each day is exactly what the summary route answers for the day's UTC window
+    (its ``from`` and ``to``), plus its ``date`` and length in ``hours``. The
+    rule for days is :mod:`analytics_api.days`'s.
+    """
+    state = analytics_state(request)
+    settings = state.settings
+    zone = time_zone(tz)
+    first, last = resolve_dates(
+        start, end, zone, settings.default_daily_days, settings.max_daily_days
+    )
+    rules = settings.rules()
+    days = []
+    # One short query per day, one after the other: a 31-day series holds one
+    # pooled connection at a time, as 31 summaries would.
+    for day in local_days(zone, first, last):
+        perf = await state.reader.performance(vehicle_id, day.start, day.end, rules)
+        if not perf.known:
+            raise NotFound(f"vehicle {vehicle_id!r} has never been seen")
+        summary = PerformanceSummary.model_validate(
+            summary_fields(vehicle_id, day.start, day.end, rules.threshold, perf)
+        )
+        days.append(
+            {
+                "date": day.date.isoformat(),
+                "hours": day.hours,
+                **summary.model_dump(mode="json", by_alias=True),
+            }
+        )
+    if wants_csv(request):
+        return csv_response(DAILY_COLUMNS, days, f"{vehicle_id}-daily.csv")
+    return {
+        "vehicleId": vehicle_id,
+        "tz": tz,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "days": days,
     }
 
 

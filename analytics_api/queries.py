@@ -146,16 +146,25 @@ def device_coverage_sql(key: str, rollup: str, live: str, sums: tuple[str, ...],
         " AND r.special_minutes[1] & (r.special_minutes[1] + 1) = 0))"
     )
     return f"""
-    WITH sums AS MATERIALIZED (
+    WITH totals AS MATERIALIZED (
         -- Summed by hashing in one pass over the window's rows.
         SELECT r.{key}, sum(r.readings) AS readings{sum_cols},
                sum(r.resets) AS resets, sum(r.jumps) AS jumps,
-               count(*) AS hours, min(r.hour) AS first_hour, max(r.hour) AS last_hour,
-               array_agg(r.hour) FILTER (WHERE {special}) AS special_hours,
-               array_agg(r.minutes) FILTER (WHERE {special}) AS special_minutes
+               count(*) AS hours, min(r.hour) AS first_hour, max(r.hour) AS last_hour
         FROM {rollup} r
         WHERE r.hour >= %(from)s AND r.hour < %(to)s
         GROUP BY r.{key}
+    ), specials AS MATERIALIZED (
+        -- A second pass that keeps only the few rows not fully reported: far
+        -- cheaper than gathering them beside the sums.
+        SELECT r.{key}, array_agg(r.hour) AS special_hours,
+               array_agg(r.minutes) AS special_minutes
+        FROM {rollup} r
+        WHERE r.hour >= %(from)s AND r.hour < %(to)s AND ({special})
+        GROUP BY r.{key}
+    ), sums AS (
+        SELECT t.*, x.special_hours, x.special_minutes
+        FROM totals t LEFT JOIN specials x ON x.{key} = t.{key}
     )
     SELECT coalesce(s.{key}, r.{key}) AS device_id,
            s.recorded_at AS last_recorded_at, s.updated_at,

@@ -88,6 +88,9 @@ PARAM_TYPES = {
     "to": "timestamptz",
     "low_only": "boolean",
     "threshold": "float8",
+    "min_coverage": "float8",
+    "gap_minutes": "int4",
+    "min_minutes": "int4",
     "limit": "bigint",
     "offset": "bigint",
 }

@@ -13,13 +13,15 @@ Lags are computed in integer microseconds, so a bound or the backfill threshold
 is met exactly. The readings of every committed batch are counted, duplicates
 (device retries, replays) included, like ``energy_consumer_events_consumed_total``.
 
-Cost: a ``Histogram.observe`` per reading (about 1 us) would be several percent
-of a worker's CPU. Instead each batch is first counted per distinct (headers,
-Kafka timestamp, device timestamp) at C speed (``Counter`` over ``zip`` and
-``operator`` getters): heartbeats of one minute share their device timestamp and
-the records of one request their header, so a batch of 20,000 readings has a
-few hundred such keys. Only those go through Python, and the sums are added to
-this collector under one lock per batch.
+Cost: a ``Histogram.observe`` per reading (0.65 us) would be several percent of
+a worker's CPU (8 to 10 us per reading). Instead each batch is first counted per
+distinct (headers, Kafka timestamp, device timestamp) at C speed (``Counter``
+over ``zip`` and ``operator`` getters): heartbeats of one minute share their
+device timestamp and the records of one request their header, so a batch of
+20,000 readings has a few hundred such keys. Only those go through Python, and
+the sums are added to this collector under one lock per batch: 0.2 to 0.3 us
+per reading in all (0.66 us when every request held one event, each key then
+being one reading).
 """
 
 from __future__ import annotations

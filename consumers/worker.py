@@ -228,7 +228,7 @@ class StreamWorker:
         if batch.newest is not None:
             age = (datetime.now(UTC) - batch.newest).total_seconds()
             metrics.EVENT_AGE_SECONDS.labels(label).observe(max(age, 0.0))
-        metrics.ARRIVAL_LAG.observe(label, batch.readings, self.settings.backfill_after)
+        metrics.ARRIVAL_LAG.observe(label, batch.arrivals, self.settings.backfill_after)
         metrics.EVENTS_WRITTEN.labels(label).inc(result.inserted)
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
         if result.contested:

@@ -15,6 +15,7 @@ the gateway's publish wait and the gateway's and broker's clocks differing.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from aiokafka import TopicPartition
 
+from consumers.arrival import arrival_keys
 from consumers.dlq import Poison
 from consumers.tables import READING_TABLES, ReadingTable, Row
 from schemas import (
@@ -84,6 +86,8 @@ class Batch:
     records: int = 0
     #: The newest device timestamp of the readings (freshness metric).
     newest: datetime | None = None
+    #: The readings per (arrival, device timestamp): see :mod:`consumers.arrival`.
+    arrivals: Counter[Any] = field(default_factory=Counter)
 
     @classmethod
     def decode(
@@ -143,6 +147,7 @@ class Batch:
                 readings.append((row, record))
         if readings:
             self.newest = max(map(_recorded_at, readings))
+            self.arrivals = arrival_keys(readings)
 
     def _decode_links(
         self, polled: Mapping[TopicPartition, Sequence[Record]], limits: ValidationLimits
@@ -176,4 +181,5 @@ class Batch:
             poison=poison,
             records=len(readings) + len(links) + len(poison),
             newest=max(map(_recorded_at, readings), default=None),
+            arrivals=arrival_keys(readings),
         )

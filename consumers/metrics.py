@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from consumers.arrival import ArrivalLag
 
 EVENTS_CONSUMED = Counter(
     "energy_consumer_events_consumed_total", "Records read from Kafka.", ["stream"]
@@ -78,6 +80,10 @@ EVENT_AGE_SECONDS = Histogram(
     ["stream"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+#: ``energy_consumer_arrival_lag_seconds{stream}`` and
+#: ``energy_consumer_backfilled_readings_total{stream}`` (see :mod:`consumers.arrival`).
+ARRIVAL_LAG = ArrivalLag()
+REGISTRY.register(ARRIVAL_LAG)
 ASSIGNED_PARTITIONS = Gauge(
     "energy_consumer_assigned_partitions", "Partitions assigned to this worker.", ["stream"]
 )

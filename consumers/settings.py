@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -36,6 +38,11 @@ class ConsumerSettings(TopicSettings, ValidationSettings, BaseSettings):
     #: time Kafka accepted its record, widened by this much: the gateway's publish
     #: wait and the difference between the gateway's and the broker's clocks.
     record_time_tolerance_s: float = Field(default=120.0, ge=0, le=3600)
+
+    #: A reading whose device timestamp is more than this before its arrival (the
+    #: gateway's ``arrived-at`` header, else its Kafka timestamp) counts as backfilled
+    #: (``energy_consumer_backfilled_readings_total``). ISO 8601 (``PT1H``) or seconds.
+    backfill_after: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
 
     #: Daily history partitions are created this many days ahead.
     partitions_ahead_days: int = Field(default=7, ge=1, le=366)

@@ -101,6 +101,8 @@ class StreamWorker:
         # tells "no retries" from "no such worker".
         for cause in RETRY_CAUSES:
             metrics.RETRIES.labels(stream.value, cause)
+        if stream in READING_TABLES:
+            metrics.ARRIVAL_LAG.track(stream.value)
 
     async def run(self) -> None:
         """Poll and process batches until ``stop`` is set; the last batch is finished.
@@ -226,6 +228,7 @@ class StreamWorker:
         if batch.newest is not None:
             age = (datetime.now(UTC) - batch.newest).total_seconds()
             metrics.EVENT_AGE_SECONDS.labels(label).observe(max(age, 0.0))
+        metrics.ARRIVAL_LAG.observe(label, batch.arrivals, self.settings.backfill_after)
         metrics.EVENTS_WRITTEN.labels(label).inc(result.inserted)
         metrics.DUPLICATES.labels(label).inc(result.duplicates)
         if result.contested:

@@ -5,6 +5,12 @@ events; if that takes longer than ``publish_timeout_s`` (broker down, leader
 moving, buffer full) the request fails with :class:`KafkaUnavailable`. Once a
 publish has failed that way, later ones are refused at once until Kafka
 answers again (:mod:`ingest_gateway.circuit`).
+
+Every record carries the ``arrived-at`` header (:data:`schemas.ARRIVED_AT_HEADER`):
+the gateway's clock when the request's events were handed to Kafka, after they
+were read and validated, in integer milliseconds since the epoch as ASCII
+digits. It is taken once per request (one clock read and one header list for
+all its records) so that it costs next to nothing on a 10,000-event batch.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from aiokafka.errors import KafkaError
 from ingest_gateway import metrics
 from ingest_gateway.circuit import KafkaCircuit
 from ingest_gateway.errors import KafkaUnavailable
+from schemas import ARRIVED_AT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +126,25 @@ class KafkaPublisher:
 
         ``messages`` is emptied once the producer holds its own copy of each
         (its record batches), so they take memory once, not twice, while
-        Kafka is awaited. Raises :class:`KafkaUnavailable` if the
-        acknowledgement does not come within the publish timeout, or at once
-        while the circuit is open (Kafka known down). Retrying the same
-        messages is safe (see the error).
+        Kafka is awaited. Each record carries one ``arrived-at`` header, the
+        same for all of ``messages`` (see the module docstring). Raises
+        :class:`KafkaUnavailable` if the acknowledgement does not come within
+        the publish timeout, or at once while the circuit is open (Kafka known
+        down). Retrying the same messages is safe (see the error).
         """
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("not connected to Kafka yet", self._retry_after_s)
         probe = self.circuit.admit()
         started = time.perf_counter()
+        # One list for every record: the producer only reads it.
+        arrived = [(ARRIVED_AT_HEADER, b"%d" % (time.time_ns() // 1_000_000))]
         try:
             async with asyncio.timeout(self._timeout_s):
-                futures = [await producer.send(m.topic, value=m.value, key=m.key) for m in messages]
+                futures = [
+                    await producer.send(m.topic, value=m.value, key=m.key, headers=arrived)
+                    for m in messages
+                ]
                 messages.clear()
                 # One after the other: those acknowledged meanwhile are done at once, and
                 # nothing is added per future (gather would add a callback to each).

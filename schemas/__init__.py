@@ -26,6 +26,7 @@ from schemas.events import (
 )
 from schemas.limits import DEFAULT_LIMITS, ValidationLimits
 from schemas.topics import (
+    ARRIVED_AT_HEADER,
     DEFAULT_PARTITIONS,
     DEFAULT_TOPICS,
     DLQ_HEADER_ERROR_CLASS,
@@ -39,6 +40,7 @@ from schemas.topics import (
 )
 
 __all__ = [
+    "ARRIVED_AT_HEADER",
     "DEFAULT_LIMITS",
     "DEFAULT_PARTITIONS",
     "DEFAULT_TOPICS",

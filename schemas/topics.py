@@ -26,6 +26,9 @@ DLQ_HEADER_REASON = "x-error-reason"
 DLQ_HEADER_TOPIC = "x-original-topic"
 DLQ_HEADER_PARTITION = "x-original-partition"
 DLQ_HEADER_OFFSET = "x-original-offset"
+#: Header on every record the gateway publishes: when it accepted the record's request,
+#: integer milliseconds since the Unix epoch in ASCII digits (the gateway's clock).
+ARRIVED_AT_HEADER = "arrived-at"
 
 
 class Stream(StrEnum):

@@ -119,31 +119,13 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
                 ELSE 0 END
 $fn$;
 
--- The minutes of [lo, hi) as characters ('1': a reading), from per-hour
--- bitmaps (hours without one had no reading). Empty when lo >= hi.
-CREATE FUNCTION energy_minute_span(
-    lo timestamptz, hi timestamptz, hours timestamptz[], bitmaps bigint[]
-) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-    SELECT CASE WHEN lo < hi THEN coalesce((
-        SELECT substr(
-            string_agg(energy_minute_text(coalesce(bitmaps[array_position(hours, g)], 0)), ''
-                       ORDER BY g),
-            (floor(extract(epoch FROM lo) / 60)::bigint % 60)::int + 1,
-            energy_span_minutes(lo, hi))
-        FROM generate_series(date_trunc('hour', lo, 'UTC'), hi - interval '1 microsecond',
-                             interval '1 hour') AS g
-    ), '') ELSE '' END
-$fn$;
-
--- Coverage and gaps of a minute span (energy_minute_span): the minutes
--- expected, those with a reading, the runs of at least gap_minutes minutes
--- without one, and the longest run without one.
+-- The gaps of a span of minutes as characters ('1': a reading, '0': none;
+-- a run of '1' may stand for any number of minutes with a reading): the runs
+-- of at least gap_minutes '0', and the longest run of '0'.
 CREATE FUNCTION energy_span_gaps(span text, gap_minutes integer)
-RETURNS TABLE (expected integer, covered integer, gaps integer, longest_gap integer)
+RETURNS TABLE (gaps integer, longest_gap integer)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-    SELECT length(span), length(replace(span, '0', '')),
-           count(*) FILTER (WHERE length(z) >= gap_minutes)::int,
+    SELECT count(*) FILTER (WHERE length(z) >= gap_minutes)::int,
            coalesce(max(length(z)), 0)::int
     FROM regexp_split_to_table(span, '1+') AS z
 $fn$;
@@ -201,26 +183,27 @@ $fn$;
 
 -- The coverage of a source from its span [lo, hi) and its per-hour bitmaps
 -- (as arrays, at least those of the span; an hour without one had no
--- reading). When every hour the span touches was fully reported, no string is
--- built.
+-- reading). Each hour of the span becomes characters (energy_hour_piece: a
+-- fully reported hour is one '1'; an hour without a row, zeros).
 CREATE FUNCTION energy_source_coverage(
     lo timestamptz, hi timestamptz, hours timestamptz[], bitmaps bigint[], gap_minutes integer
 ) RETURNS TABLE (expected integer, covered integer, gaps integer, longest_gap integer)
 LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-    SELECT c.*
+    SELECT energy_span_minutes(lo, hi), p.covered, g.gaps, g.longest_gap
     FROM (
-        SELECT energy_span_minutes(lo, hi) AS n, energy_span_hours(lo, hi) AS touched,
-               (SELECT count(*) FROM unnest(hours, bitmaps) AS u(hour, minutes)
-                WHERE u.minutes & energy_span_mask(u.hour, lo, hi)
-                      = energy_span_mask(u.hour, lo, hi)) AS full_hours
-    ) s
-    CROSS JOIN LATERAL (
-        SELECT s.n, s.n, 0, 0 WHERE s.full_hours = s.touched
-        UNION ALL
-        SELECT g.*
-        FROM energy_span_gaps(energy_minute_span(lo, hi, hours, bitmaps), gap_minutes) g
-        WHERE s.full_hours IS DISTINCT FROM s.touched
-    ) c
+        SELECT coalesce(sum(energy_hour_covered(h.hour, u.minutes, lo, hi)), 0)::int AS covered,
+               coalesce(string_agg(
+                   CASE WHEN u.minutes IS NULL
+                        THEN repeat('0', energy_span_minutes(
+                                 greatest(lo, h.hour), least(hi, h.hour + interval '1 hour')))
+                        ELSE energy_hour_piece(h.hour, u.minutes, lo, hi)
+                   END, '' ORDER BY h.hour), '') AS span
+        FROM generate_series(date_trunc('hour', lo, 'UTC'), hi - interval '1 microsecond',
+                             interval '1 hour') AS h(hour)
+        LEFT JOIN unnest(hours, bitmaps) AS u(hour, minutes) ON u.hour = h.hour
+        WHERE lo < hi
+    ) p
+    CROSS JOIN LATERAL energy_span_gaps(p.span, gap_minutes) g
 $fn$;
 
 -- The coverage of a source over [lo, hi) from a summary of its rollup rows:

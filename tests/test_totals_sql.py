@@ -49,7 +49,6 @@ CURRENT_FUNCTIONS = [
         "energy_meter_minutes(text,TSTZ,TSTZ,TSTZ,TSTZ)",
         "energy_meter_totals(text,TSTZ,TSTZ,TSTZ,TSTZ)",
         "energy_minute_bit(TSTZ)",
-        "energy_minute_span(TSTZ,TSTZ,TSTZ[],bigint[])",
         "energy_minute_text(bigint)",
         "energy_rollup_coverage(TSTZ,TSTZ,TSTZ,TSTZ,TSTZ[],bigint[],integer)",
         "energy_source_coverage(TSTZ,TSTZ,TSTZ[],bigint[],integer)",

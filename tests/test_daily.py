@@ -293,3 +293,46 @@ def test_local_days_of_a_whole_year_equal_a_minute_by_minute_walk(tz: str, year:
         moment += timedelta(minutes=1)
     expected = [(d, starts[d], starts[d + timedelta(days=1)]) for d in sorted(starts)[:-1]]
     assert [tuple(day) for day in local_days(zone, first, end)] == expected
+
+
+@pytest.mark.parametrize(
+    ("tz", "day", "hours"),
+    [("Europe/Berlin", "2026-03-29", 23), ("America/New_York", "2026-11-01", 25)],
+)
+def test_the_fleet_views_take_a_local_day(
+    env: ModuleEnv, analytics: TestClient, readings: None, tz: str, day: str, hours: int
+) -> None:
+    zone = ZoneInfo(tz)
+    start = local_day_start(zone, date.fromisoformat(day))
+    stop = local_day_start(zone, date.fromisoformat(day) + timedelta(days=1))
+    assert stop - start == timedelta(hours=hours)
+    page = analytics.get("/v1/analytics/fleet", params={"tz": tz, "date": day})
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert (body["from"], body["to"]) == (iso(start), iso(stop))
+    (item,) = [i for i in body["items"] if i["vehicleId"] == VEHICLE]
+    expected = brute_day(env, start, stop)
+    assert {key: item[key] for key in expected if key in item} == {
+        key: value for key, value in expected.items() if key in item
+    }
+    quality = analytics.get("/v1/analytics/fleet/quality", params={"tz": tz, "date": day})
+    assert (quality.json()["from"], quality.json()["to"]) == (iso(start), iso(stop))
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"tz": "Asia/Kolkata", "date": "2026-03-29"}, "tz"),
+        ({"tz": "Europe/Berlin"}, "date"),
+        ({"date": "2026-03-29", "from": "2026-03-28T00:00:00Z"}, "date"),
+        ({"tz": "Mars/Olympus", "date": "2026-03-29"}, "tz"),
+        ({"date": "2026-02-30"}, "date"),
+    ],
+)
+def test_a_fleet_day_that_is_no_whole_utc_hours_or_malformed_is_422(
+    analytics: TestClient, params: dict[str, str], field: str
+) -> None:
+    for route in ("/v1/analytics/fleet", "/v1/analytics/fleet/quality"):
+        response = analytics.get(route, params=params)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == field

@@ -13,12 +13,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
+from analytics_api.days import local_days, parse_date, time_zone
 from analytics_api.errors import InvalidQuery, NotFound
 from analytics_api.export import csv_response, iso, table_responses, wants_csv
 from analytics_api.queries import FLEET_ORDER, QUALITY_ORDER
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
     UNAVAILABLE,
+    DateQuery,
     DeviceIdPath,
     EnergyFields,
     TimeQuery,
@@ -153,9 +155,42 @@ _KINDS = ["all", "vehicle", "meter"]
 
 #: ``from`` / ``to`` of the views over whole hours.
 _HOUR_RULES = window_rules("31 days, widened to whole UTC hours (from down, to up)")
+#: The fleet views' windows: ``from``/``to``, or a local day.
+_FLEET_RULES = (
+    _HOUR_RULES + " Or `date` (a local date) in `tz` (an IANA zone, default UTC): the window"
+    " is that local day (23 or 25 hours across a clock change), which must begin and end on"
+    " whole UTC hours (a 422 names `tz` otherwise, as for Asia/Kolkata)."
+)
 
 
-def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[datetime, datetime]:
+#: ``tz`` and ``date``: a local day as the window of a fleet view.
+TzQuery = Annotated[
+    str | None,
+    Query(
+        description="An IANA time zone name (default UTC): with `date`, the window is that"
+        " local day",
+        json_schema_extra={"format": "iana-time-zone"},
+    ),
+]
+LocalDateQuery = Annotated[
+    DateQuery,
+    Query(
+        alias="date",
+        description="A local date (YYYY-MM-DD) of `tz`: the window is that day, instead of"
+        " `from`/`to`",
+    ),
+]
+
+
+def _window(
+    state: AnalyticsState,
+    start: str | None,
+    end: str | None,
+    tz: str | None = None,
+    day: str | None = None,
+) -> tuple[datetime, datetime]:
+    if tz is not None or day is not None:
+        return _local_day(start, end, tz, day)
     settings = state.settings
     return resolve_hour_window(
         start,
@@ -165,11 +200,38 @@ def _window(state: AnalyticsState, start: str | None, end: str | None) -> tuple[
     )
 
 
+def _local_day(
+    start: str | None, end: str | None, tz: str | None, day: str | None
+) -> tuple[datetime, datetime]:
+    """The local day ``day`` of ``tz`` as the window; its bounds must be whole UTC hours."""
+    if start is not None or end is not None:
+        raise InvalidQuery(
+            "give either date (a local day, with tz) or from/to, not both",
+            [{"field": "date", "message": "not with from or to"}],
+        )
+    if day is None:
+        raise InvalidQuery(
+            "tz needs date: the window is that local day",
+            [{"field": "date", "message": "missing"}],
+        )
+    zone = time_zone(tz or "UTC")
+    first = parse_date("date", day)
+    (local,) = local_days(zone, first, first + timedelta(days=1))
+    if any(bound.minute or bound.second for bound in (local.start, local.end)):
+        raise InvalidQuery(
+            f"the fleet views answer for whole UTC hours, and {day} in {zone.key} runs from"
+            f" {iso(local.start)} to {iso(local.end)}: ask the per-vehicle daily series"
+            " (/v1/analytics/performance/{vehicleId}/daily) for such a day",
+            [{"field": "tz", "message": "its days do not begin on a whole UTC hour"}],
+        )
+    return local.start, local.end
+
+
 @router.get(
     "/fleet",
     response_model=None,
     summary="Every vehicle's summary over whole hours, sorted and paginated",
-    description=_HOUR_RULES,
+    description=_FLEET_RULES,
     responses={
         **table_responses(FleetPage, FLEET_COLUMNS),
         **error_responses(
@@ -184,6 +246,8 @@ async def fleet(
     request: Request,
     start: Annotated[TimeQuery, Query(alias="from")] = None,
     end: Annotated[TimeQuery, Query(alias="to")] = None,
+    tz: TzQuery = None,
+    day: LocalDateQuery = None,
     sort: Annotated[
         str,
         Query(
@@ -203,7 +267,7 @@ async def fleet(
             f"sort must be one of {', '.join(FLEET_ORDER)}",
             [{"field": "sort", "message": f"unknown sort key {sort!r}"}],
         )
-    frm, to = _window(state, start, end)
+    frm, to = _window(state, start, end, tz, day)
     rules = state.settings.rules()
     total, rows = await state.reader.fleet(frm, to, sort, low_efficiency, rules, limit, offset)
     items = [{"vehicleId": r.vehicle_id, "meterIds": r.meter_ids, **energy_fields(r)} for r in rows]
@@ -224,7 +288,7 @@ async def fleet(
     "/fleet/quality",
     response_model=None,
     summary="Every device ranked by what is wrong with its data",
-    description=_HOUR_RULES,
+    description=_FLEET_RULES,
     responses={
         **table_responses(QualityPage, QUALITY_COLUMNS),
         **error_responses(
@@ -239,6 +303,8 @@ async def quality(
     request: Request,
     start: Annotated[TimeQuery, Query(alias="from")] = None,
     end: Annotated[TimeQuery, Query(alias="to")] = None,
+    tz: TzQuery = None,
+    day: LocalDateQuery = None,
     kind: Annotated[
         str, Query(description="vehicle, meter or all", json_schema_extra={"enum": _KINDS})
     ] = "all",
@@ -263,7 +329,7 @@ async def quality(
                 f"{name} must be one of {', '.join(allowed)}",
                 [{"field": name, "message": f"unknown {name} {value!r}"}],
             )
-    frm, to = _window(state, start, end)
+    frm, to = _window(state, start, end, tz, day)
     rules = state.settings.rules()
     kinds = {"vehicle", "meter"} if kind == "all" else {kind}
     total, rows = await state.reader.quality(

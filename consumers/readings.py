@@ -226,13 +226,18 @@ def noted(stream: str, adjustments: Sequence[Adjustment]) -> Counter[tuple[str, 
     return Counter((stream, a[-1]) for a in adjustments if a[-1] is not None)
 
 
+#: The low half of an hour's bitmap of minutes: minutes 0 to 29.
+_HALF = (1 << 30) - 1
+
+
 def hourly_deltas(
     rows: Sequence[Row],
     sums: tuple[tuple[str, int], ...],
     adjustments: Sequence[Adjustment] = (),
 ) -> list[Row]:
     """Per (device, UTC hour): the hour, the number of rows, each summed value, the
-    bitmap of the minutes with a row (bit i: minute i), and the resets and jumps
+    bitmap of the minutes with a row (bit i: minute i) as two halves (minutes 0
+    to 29, then 30 to 59, see :meth:`ReadingTable.upsert_rollup`), and the resets and jumps
     among them (a history row ends with its register note); then ``adjustments``
     (recounted energies: the first sum, resets, jumps) added.
     """
@@ -279,7 +284,10 @@ def hourly_deltas(
         start = hour_start.get(hour)
         if start is None:
             start = hour_start[hour] = datetime.fromtimestamp(hour * 3600, UTC)
-        deltas.append((device, start, *slot))
+        bitmap = slot[minutes]
+        deltas.append(
+            (device, start, *slot[:minutes], bitmap & _HALF, bitmap >> 30, *slot[resets:])
+        )
     return deltas
 
 

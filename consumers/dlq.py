@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from consumers.errors import BatchAbandoned, DeadLetterFailed, DeadLetterUnavailable
 from schemas import (
+    ARRIVED_AT_HEADER,
     DLQ_HEADER_ERROR_CLASS,
     DLQ_HEADER_OFFSET,
     DLQ_HEADER_PARTITION,
@@ -44,6 +45,9 @@ class Poison:
     value: bytes | None
     error_class: str
     reason: str
+    #: The record's ``arrived-at`` header, kept: a dead letter replayed later
+    #: still arrived when the gateway accepted it, and is not a backfill.
+    arrived_at: bytes | None = None
 
     @classmethod
     def of(cls, record: Any, error_class: str, reason: str) -> Poison:
@@ -56,6 +60,7 @@ class Poison:
             value=record.value,
             error_class=error_class,
             reason=reason,
+            arrived_at=next((v for k, v in record.headers or () if k == ARRIVED_AT_HEADER), None),
         )
 
     def headers(self) -> list[tuple[str, bytes]]:
@@ -66,6 +71,7 @@ class Poison:
             (DLQ_HEADER_TOPIC, self.topic.encode()),
             (DLQ_HEADER_PARTITION, str(self.partition).encode()),
             (DLQ_HEADER_OFFSET, str(self.offset).encode()),
+            *([(ARRIVED_AT_HEADER, self.arrived_at)] if self.arrived_at is not None else []),
         ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -12,6 +13,7 @@ from consumers.dlq import MAX_REASON_BYTES, DeadLetterPublisher, Poison
 from consumers.errors import BatchAbandoned
 from deploy.local.kafka_tools import read_all
 from schemas import (
+    ARRIVED_AT_HEADER,
     DLQ_HEADER_ERROR_CLASS,
     DLQ_HEADER_OFFSET,
     DLQ_HEADER_PARTITION,
@@ -45,6 +47,21 @@ def test_headers_say_what_failed_and_where_it_came_from() -> None:
     }
     long = dict(poison("t", 1, reason="x" * (MAX_REASON_BYTES + 500)).headers())
     assert long[DLQ_HEADER_REASON] == b"x" * MAX_REASON_BYTES
+
+
+def test_a_dead_letter_keeps_the_time_the_gateway_accepted_it() -> None:
+    record = SimpleNamespace(
+        topic="telemetry.meter.v1",
+        partition=0,
+        offset=3,
+        key=b"M1",
+        value=b"{}",
+        headers=[("traceparent", b"00-x"), (ARRIVED_AT_HEADER, b"1764345300123")],
+    )
+    headers = dict(Poison.of(record, "json", "not JSON").headers())
+    assert headers[ARRIVED_AT_HEADER] == b"1764345300123"
+    without = SimpleNamespace(**{**vars(record), "headers": []})
+    assert ARRIVED_AT_HEADER not in dict(Poison.of(without, "json", "not JSON").headers())
 
 
 def _publish(env: ModuleEnv, group: str, offset: int, owner: bool) -> None:

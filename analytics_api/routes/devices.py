@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
-from analytics_api.export import csv_response, iso, table_responses, wants_csv
+from analytics_api.export import csv_response, iso, wants_csv
 from analytics_api.routes import CamelModel, analytics_state
-from analytics_api.routes.vehicles import UNAVAILABLE
+from analytics_api.routes.vehicles import fleet_responses
 from analytics_api.silence import (
     DURATION_FORMAT,
     DURATION_PATTERN,
@@ -19,7 +19,6 @@ from analytics_api.silence import (
     iso_duration,
     parse_duration,
 )
-from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1/devices", dependencies=[Depends(require_api_key)])
@@ -62,21 +61,16 @@ class SilentPage(CamelModel):
     items: list[SilentDevice]
 
 
-#: A whole-fleet read: 503 also when every fleet query slot stays taken.
-_ERRORS = error_responses(
-    {
-        422: "`for` is not a duration within bounds, or another parameter is invalid.",
-        503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
-    }
-)
-
-
 @router.get(
     "/silent",
     response_model=None,
     summary="Vehicles and meters not heard from for a while, longest silent first",
     description=_RULES,
-    responses=table_responses(SilentPage, SILENT_COLUMNS) | _ERRORS,
+    responses=fleet_responses(
+        SilentPage,
+        SILENT_COLUMNS,
+        "`for` is not a duration within bounds, or another parameter is invalid.",
+    ),
 )
 async def silent(
     request: Request,

@@ -19,18 +19,17 @@ from analytics_api.export import csv_response, iso, table_responses, wants_csv
 from analytics_api.queries import FLEET_ORDER, QUALITY_ORDER
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
-    UNAVAILABLE,
     DateQuery,
     DeviceIdPath,
     EnergyFields,
     TimeQuery,
     device_responses,
+    fleet_responses,
     window_rules,
 )
 from analytics_api.state import AnalyticsState
 from analytics_api.summary import TRUST_COLUMNS, energy_fields
 from analytics_api.window import resolve_hour_window
-from schemas.openapi import error_responses
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1/analytics", dependencies=[Depends(require_api_key)])
@@ -232,15 +231,7 @@ def _local_day(
     response_model=None,
     summary="Every vehicle's summary over whole hours, sorted and paginated",
     description=_FLEET_RULES,
-    responses={
-        **table_responses(FleetPage, FLEET_COLUMNS),
-        **error_responses(
-            {
-                422: "A parameter is malformed or out of range, or the window breaks its rules.",
-                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
-            }
-        ),
-    },
+    responses=fleet_responses(FleetPage, FLEET_COLUMNS),
 )
 async def fleet(
     request: Request,
@@ -289,15 +280,7 @@ async def fleet(
     response_model=None,
     summary="Every device ranked by what is wrong with its data",
     description=_FLEET_RULES,
-    responses={
-        **table_responses(QualityPage, QUALITY_COLUMNS),
-        **error_responses(
-            {
-                422: "A parameter is malformed or out of range, or the window breaks its rules.",
-                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
-            }
-        ),
-    },
+    responses=fleet_responses(QualityPage, QUALITY_COLUMNS),
 )
 async def quality(
     request: Request,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, get_args
 
@@ -43,6 +44,26 @@ def device_responses(what: str) -> dict[int | str, dict[str, Any]]:
             503: UNAVAILABLE,
         }
     )
+
+
+#: A 422 of a route with a window.
+INVALID_WINDOW = "A parameter is malformed or out of range, or the window breaks its rules."
+
+
+def fleet_responses(
+    model: type[BaseModel], columns: Sequence[str], invalid: str = INVALID_WINDOW
+) -> dict[int | str, Any]:
+    """The answers of a fleet-wide read: ``model`` as JSON or CSV of ``columns``, 422
+    (``invalid``), and 503, also when every fleet query slot stays taken."""
+    return {
+        **table_responses(model, columns),
+        **error_responses(
+            {
+                422: invalid,
+                503: f"{UNAVAILABLE} Or every fleet query slot stayed taken (fleet_busy).",
+            }
+        ),
+    }
 
 
 def window_rules(maximum: str) -> str:

@@ -198,7 +198,7 @@ def device_coverage_sql(key: str, rollup: str, live: str, sums: tuple[str, ...],
             s.lo, s.hi, r.first_hour, r.last_hour, r.special_hours, r.special_minutes,
             %(gap_minutes)s)
         WHERE (r.{key} IS NULL OR r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour')
-          AND NOT ({simple})
+          AND NOT coalesce({simple}, false)
         UNION ALL
         SELECT * FROM {slow}(s.{key}, %(from)s, %(to)s, %(from)s, %(to)s, %(gap_minutes)s)
         WHERE r.last_hour - r.first_hour <> (r.hours - 1) * interval '1 hour'

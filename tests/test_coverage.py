@@ -16,6 +16,7 @@ sum and ratio below is exact in binary floating point.
   counts the whole gap's energy) is not matched.
 - EV-RND: random missing minutes and jitter within the minute, checked
   against a brute force over many windows with arbitrary edges.
+- EV-OLD: seen before the window, silent all through it: expected all along.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def fleet(env: ModuleEnv) -> None:
         vrows += [_vehicle(f"EV-{name}", m, dc) for m in range(MINUTES) if m not in skip]
         mrows += [_meter(f"EM-{name}", m, AC) for m in range(MINUTES)]
     vrows += [_vehicle("EV-NEW", m, HEALTHY) for m in range(MINUTES - 60, MINUTES)]
+    vrows += [_vehicle("EV-OLD", m, HEALTHY) for m in range(-180, -120)]
     mrows += [_meter("EM-NEW", m, AC) for m in range(MINUTES - 60, MINUTES)]
     # Registers: the counters start one minute before the window.
     vrows += [
@@ -144,6 +146,15 @@ def test_a_gap_withholds_the_flag_and_matched_hours_show_the_truth(
         None,
     )
     assert fault["matchedEfficiency"] == 0.75
+
+
+def test_a_device_silent_all_through_the_window_was_expected_all_along(
+    analytics: TestClient, fleet: None
+) -> None:
+    old = _summary(analytics, "EV-OLD")
+    assert (old["vehicleReadings"], old["coverage"]["vehicle"]) == (0, 0.0)
+    assert old["expectedMinutes"]["vehicle"] == MINUTES
+    assert (old["gaps"]["vehicle"], old["longestGapMinutes"]["vehicle"]) == (1, MINUTES)
 
 
 def test_a_device_first_seen_an_hour_ago_is_fully_covered(
@@ -276,7 +287,11 @@ def test_the_quality_view_ranks_devices_by_what_is_wrong(
     body = page.json()
     assert (body["minCoverage"], body["gapMinutes"]) == (0.9, 5)
     items = {(i["kind"], i["deviceId"]): i for i in body["items"]}
-    assert body["total"] == len(items) == 11
+    assert body["total"] == len(items) == 12
+    old = items[("vehicle", "EV-OLD")]
+    assert (old["coverage"], old["expectedMinutes"], old["readings"]) == (0.0, MINUTES, 0)
+    assert (old["gaps"], old["longestGapMinutes"]) == (1, MINUTES)
+    assert old["problems"] == ["low_coverage", "gaps", "silent"]
     gap = items[("vehicle", "EV-GAP")]
     assert gap["problems"] == ["low_coverage", "gaps", "silent"]
     assert (gap["coverage"], gap["gaps"], gap["longestGapMinutes"]) == (0.75, 1, len(GAP))
@@ -287,7 +302,7 @@ def test_the_quality_view_ranks_devices_by_what_is_wrong(
     assert items[("vehicle", "EV-NEW")]["coverage"] == 1.0
     # Worst first: two problems beyond silence lead.
     order = [(i["kind"], i["deviceId"]) for i in body["items"]]
-    assert set(order[:2]) == {("vehicle", "EV-GAP"), ("vehicle", "EV-REG")}
+    assert order[:3] == [("vehicle", "EV-OLD"), ("vehicle", "EV-GAP"), ("vehicle", "EV-REG")]
 
     meters = analytics.get("/v1/analytics/fleet/quality", params={**window, "kind": "meter"})
     assert {i["kind"] for i in meters.json()["items"]} == {"meter"}
@@ -298,4 +313,5 @@ def test_the_quality_view_ranks_devices_by_what_is_wrong(
         "/v1/analytics/fleet/quality", params=window, headers={"Accept": "text/csv"}
     ).text.splitlines()
     assert csv[0].split(",")[:4] == ["kind", "deviceId", "problems", "coverage"]
-    assert csv[1].startswith("vehicle,EV-GAP,low_coverage gaps silent,0.75,")
+    assert csv[1].startswith("vehicle,EV-OLD,low_coverage gaps silent,0.0,")
+    assert csv[2].startswith("vehicle,EV-GAP,low_coverage gaps silent,0.75,")

@@ -25,6 +25,9 @@ Schemathesis is taught what JSON Schema cannot say:
   most 92 days): valid cases get them ordered and brought inside that span
   (see :func:`_day_query`); ``iana-time-zone``, the format of its ``tz``, is
   drawn from the zone database's names.
+- The fleet views take a local day (``date`` in ``tz``) instead of ``from``/``to``,
+  only where that day runs over whole UTC hours: valid cases naming one get it
+  alone, in the last year, in such a zone (see :func:`_fleet_day_query`).
 - A link's ``validTo`` is later than its ``validFrom``: valid cases get them ordered.
 - An OCPP sampled value that becomes part of a reading (energy, voltage) must
   have the measurand's unit and a value inside the readings' ranges: valid
@@ -44,7 +47,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
-from zoneinfo import available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
 import pytest
@@ -58,6 +61,7 @@ from schemathesis.python.asgi import get_client
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from analytics_api.days import local_days
 from analytics_api.silence import DURATION_FORMAT, LONGEST, SHORTEST
 from schemas import Stream
 from schemas.events import DeviceId
@@ -203,6 +207,23 @@ def _day_query(query: dict[str, Any]) -> None:
         query["from"] = (to - timedelta(days=1 + spots["from"] % 92)).isoformat()
 
 
+def _fleet_day_query(query: dict[str, Any]) -> None:
+    """A valid fleet case naming a local day (``date``, ``tz``) made one: no ``from``/``to``
+    beside it, a date in the last year, and a zone whose day runs over whole UTC hours
+    (else UTC)."""
+    query.pop("from", None)
+    query.pop("to", None)
+    spot = abs(hash(str(query.get("date")))) % 365
+    day = datetime.now(UTC).date() - timedelta(days=spot)
+    query["date"] = day.isoformat()
+    zone = query.get("tz")
+    if isinstance(zone, str) and zone in available_timezones():
+        (local,) = local_days(ZoneInfo(zone), day, day + timedelta(days=1))
+        if not any(b.minute or b.second for b in (local.start, local.end)):
+            return
+    query["tz"] = "UTC"
+
+
 def _link_order(body: dict[str, Any]) -> None:
     """A valid link's ``validTo`` moved after its ``validFrom`` when it was not."""
     start, end = body.get("validFrom"), body.get("validTo")
@@ -254,6 +275,8 @@ def map_case(context: Any, case: Case[Any]) -> Case[Any]:
         return case
     if case.query and case.operation.path.endswith("/daily"):
         _day_query(case.query)
+    elif case.query and ("date" in case.query or "tz" in case.query):
+        _fleet_day_query(case.query)
     elif case.query and ("from" in case.query or "to" in case.query):
         _window_query(case.query)
     if case.operation.path == "/v1/links" and isinstance(case.body, dict):

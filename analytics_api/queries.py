@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -23,6 +23,15 @@ from analytics_api.errors import DatabaseUnavailable
 from analytics_api.slots import QuerySlots
 
 R = TypeVar("R")
+
+
+class _Counted(Protocol):
+    @property
+    def total_count(self) -> int: ...
+
+
+#: A row of a fleet-wide page.
+P = TypeVar("P", bound=_Counted)
 
 #: Session settings of every analytics connection (statements are prepared at
 #: first use). Planning over ~100 daily partitions costs tens of milliseconds,
@@ -683,9 +692,7 @@ class Reader:
             "offset": offset,
             **rules.params(),
         }
-        async with self._fleet_slots.slot():
-            items = await self._fetchall(FLEET_QUERIES[order], params, class_row(FleetItem))
-        return (items[0].total_count if items else 0), items
+        return await self._page(FLEET_QUERIES[order], params, class_row(FleetItem))
 
     async def quality(
         self,
@@ -713,8 +720,19 @@ class Reader:
             "offset": offset,
             **rules.params(),
         }
+        return await self._page(QUALITY_QUERIES[order], params, class_row(DeviceQuality))
+
+    async def _page(
+        self, query: str, params: dict[str, Any], rows: BaseRowFactory[P]
+    ) -> tuple[int, list[P]]:
+        """One page of a fleet-wide query (``total_count`` on each row) in a fleet slot,
+        and the number of rows on every page: a page past the end asks for the first
+        row again, so that it says how many there are."""
         async with self._fleet_slots.slot():
-            items = await self._fetchall(QUALITY_QUERIES[order], params, class_row(DeviceQuality))
+            items = await self._fetchall(query, params, rows)
+            if not items and params["offset"]:
+                first = await self._fetchall(query, {**params, "offset": 0, "limit": 1}, rows)
+                return (first[0].total_count if first else 0), items
         return (items[0].total_count if items else 0), items
 
     async def hourly(

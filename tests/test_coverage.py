@@ -315,3 +315,12 @@ def test_the_quality_view_ranks_devices_by_what_is_wrong(
     assert csv[0].split(",")[:4] == ["kind", "deviceId", "problems", "coverage"]
     assert csv[1].startswith("vehicle,EV-OLD,low_coverage gaps silent,0.0,")
     assert csv[2].startswith("vehicle,EV-GAP,low_coverage gaps silent,0.75,")
+
+
+def test_a_page_past_the_end_still_says_how_many_there_are(
+    analytics: TestClient, fleet: None
+) -> None:
+    window = {"from": START.isoformat(), "to": END.isoformat(), "offset": "500"}
+    for route, total in (("/v1/analytics/fleet", 6), ("/v1/analytics/fleet/quality", 12)):
+        body = analytics.get(route, params=window).json()
+        assert (body["items"], body["total"], body["offset"]) == ([], total, 500), route

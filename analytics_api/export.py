@@ -6,7 +6,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -19,6 +19,27 @@ def wants_csv(request: Request) -> bool:
     """Whether the client prefers CSV to JSON."""
     accept = request.headers.get("accept", "")
     return CSV_TYPE in accept and "application/json" not in accept.split(CSV_TYPE)[0]
+
+
+def _nested(kind: Any) -> type[BaseModel] | None:
+    """The model a field holds (alone, or in a union such as ``Model | None``), if any."""
+    for candidate in (kind, *get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def csv_columns(model: type[BaseModel]) -> tuple[str, ...]:
+    """The CSV columns of ``model``: its fields, those of a nested model as ``outerInner``
+    (as :func:`csv_response` spreads nested objects)."""
+    columns: list[str] = []
+    for name, field in model.model_fields.items():
+        alias, nested = field.alias or name, _nested(field.annotation)
+        if nested is None:
+            columns.append(alias)
+        else:
+            columns += [alias + inner[:1].upper() + inner[1:] for inner in csv_columns(nested)]
+    return tuple(columns)
 
 
 def table_responses(model: type[BaseModel], columns: Sequence[str]) -> dict[int | str, Any]:

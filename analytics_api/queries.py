@@ -145,11 +145,13 @@ def device_coverage_sql(key: str, rollup: str, live: str, sums: tuple[str, ...],
     # (a sub-select: evaluated once, not per row).
     last = "(SELECT date_trunc('hour', least(%(to)s, date_trunc('minute', now())), 'UTC'))"
     special = f"r.minutes <> {FULL_HOUR} OR r.hour >= {last}"
+    # A row for every hour from the device's first to its last in the window.
+    contiguous = "r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour'"
     # Rows for every hour of the span, all full but maybe the last, a run of
     # readings from the hour's start: m & (m + 1) = 0.
     simple = (
         "r.first_hour <= s.lo AND r.last_hour + interval '1 hour' >= s.hi"
-        " AND r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour'"
+        f" AND {contiguous}"
         " AND (r.special_hours IS NULL OR (cardinality(r.special_hours) = 1"
         " AND r.special_hours[1] = r.last_hour AND r.special_hours[1] < s.hi"
         " AND r.special_minutes[1] & (r.special_minutes[1] + 1) = 0))"
@@ -206,11 +208,10 @@ def device_coverage_sql(key: str, rollup: str, live: str, sums: tuple[str, ...],
         SELECT * FROM energy_rollup_coverage(
             s.lo, s.hi, r.first_hour, r.last_hour, r.special_hours, r.special_minutes,
             %(gap_minutes)s)
-        WHERE (r.{key} IS NULL OR r.last_hour - r.first_hour = (r.hours - 1) * interval '1 hour')
-          AND NOT coalesce({simple}, false)
+        WHERE (r.{key} IS NULL OR {contiguous}) AND NOT coalesce({simple}, false)
         UNION ALL
         SELECT * FROM {slow}(s.{key}, %(from)s, %(to)s, %(from)s, %(to)s, %(gap_minutes)s)
-        WHERE r.last_hour - r.first_hour <> (r.hours - 1) * interval '1 hour'
+        WHERE NOT ({contiguous})
     ) c ON s.{key} IS NOT NULL"""  # noqa: S608 -- identifiers are the constants below, never input
 
 

@@ -6,26 +6,6 @@ from typing import Any
 
 from analytics_api.queries import Energy
 
-#: CSV columns of the trust fields, after the energy ones (nested JSON fields
-#: flattened: ``coverage.vehicle`` is ``coverageVehicle``).
-TRUST_COLUMNS = (
-    "lowEfficiencyReason",
-    "coverageVehicle",
-    "coverageMeter",
-    "expectedMinutesVehicle",
-    "expectedMinutesMeter",
-    "coveredMinutesVehicle",
-    "coveredMinutesMeter",
-    "gapsVehicle",
-    "gapsMeter",
-    "longestGapMinutesVehicle",
-    "longestGapMinutesMeter",
-    "matchedHours",
-    "matchedAc",
-    "matchedDc",
-    "matchedEfficiency",
-)
-
 
 def by_source(vehicle: Any, meter: Any) -> dict[str, Any]:
     """One value per source: the vehicle, and its meters inside their links."""

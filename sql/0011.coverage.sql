@@ -130,14 +130,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
     FROM regexp_split_to_table(span, '1+') AS z
 $fn$;
 
--- The UTC hours the minutes of [lo, hi) touch (NULL when lo >= hi).
-CREATE FUNCTION energy_span_hours(lo timestamptz, hi timestamptz) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-    SELECT CASE WHEN lo < hi
-                THEN ceil(extract(epoch FROM hi - date_trunc('hour', lo, 'UTC')) / 3600)::bigint
-           END
-$fn$;
-
 -- The bits of the hour starting at `hour` that lie in the minutes of [lo, hi).
 CREATE FUNCTION energy_span_mask(hour timestamptz, lo timestamptz, hi timestamptz) RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE AS $fn$

@@ -53,7 +53,6 @@ CURRENT_FUNCTIONS = [
         "energy_rollup_coverage(TSTZ,TSTZ,TSTZ,TSTZ,TSTZ[],bigint[],integer)",
         "energy_source_coverage(TSTZ,TSTZ,TSTZ[],bigint[],integer)",
         "energy_span_gaps(text,integer)",
-        "energy_span_hours(TSTZ,TSTZ)",
         "energy_span_mask(TSTZ,TSTZ,TSTZ)",
         "energy_span_minutes(TSTZ,TSTZ)",
         "energy_trusted_flag(FLOAT,boolean,FLOAT,FLOAT,FLOAT)",

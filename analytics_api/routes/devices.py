@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
-from analytics_api.export import csv_response, iso, wants_csv
+from analytics_api.export import csv_columns, csv_response, iso, wants_csv
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import fleet_responses
 from analytics_api.silence import (
@@ -25,8 +25,6 @@ router = APIRouter(prefix="/v1/devices", dependencies=[Depends(require_api_key)]
 
 Kind = Literal["vehicle", "meter"]
 KINDS: tuple[Kind, ...] = ("vehicle", "meter")
-
-SILENT_COLUMNS = ("kind", "deviceId", "timestamp", "updatedAt", "silentSeconds")
 
 _RULES = (
     "A device is silent for `for` when its newest reading (live status) was taken, by the "
@@ -47,6 +45,9 @@ class SilentDevice(CamelModel):
     timestamp: datetime = Field(description="Device time of its newest reading.")
     updated_at: datetime = Field(description="When that reading was stored.")
     silent_seconds: float = Field(description="From `timestamp` to `asOf`.")
+
+
+SILENT_COLUMNS = csv_columns(SilentDevice)
 
 
 class SilentPage(CamelModel):

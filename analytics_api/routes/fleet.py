@@ -15,7 +15,7 @@ from pydantic import Field
 
 from analytics_api.days import local_days, parse_date, time_zone
 from analytics_api.errors import InvalidQuery, NotFound
-from analytics_api.export import csv_response, iso, table_responses, wants_csv
+from analytics_api.export import csv_columns, csv_response, iso, table_responses, wants_csv
 from analytics_api.queries import FLEET_ORDER, QUALITY_ORDER
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.routes.vehicles import (
@@ -28,12 +28,25 @@ from analytics_api.routes.vehicles import (
     window_rules,
 )
 from analytics_api.state import AnalyticsState
-from analytics_api.summary import TRUST_COLUMNS, energy_fields
+from analytics_api.summary import energy_fields
 from analytics_api.window import resolve_hour_window
 from schemas.web import require_api_key
 
 router = APIRouter(prefix="/v1/analytics", dependencies=[Depends(require_api_key)])
 
+
+#: The energy columns every table has always had, in their order.
+_ENERGY_COLUMNS = (
+    "totalAc",
+    "totalDc",
+    "efficiency",
+    "lowEfficiency",
+    "avgBatteryTemp",
+    "vehicleReadings",
+    "meterReadings",
+)
+#: The columns of how far the energy can be trusted, after those (nested fields spread).
+TRUST_COLUMNS = tuple(c for c in csv_columns(EnergyFields) if c not in _ENERGY_COLUMNS)
 
 FLEET_COLUMNS = (
     "vehicleId",
@@ -57,23 +70,6 @@ HOURLY_COLUMNS = (
     "vehicleReadings",
     "meterReadings",
     *TRUST_COLUMNS,
-)
-
-
-QUALITY_COLUMNS = (
-    "kind",
-    "deviceId",
-    "problems",
-    "coverage",
-    "expectedMinutes",
-    "coveredMinutes",
-    "readings",
-    "gaps",
-    "longestGapMinutes",
-    "silentMinutes",
-    "lastReadingAt",
-    "resets",
-    "implausibleJumps",
 )
 
 
@@ -119,6 +115,9 @@ class DeviceQuality(CamelModel):
     last_reading_at: datetime | None
     resets: int
     implausible_jumps: int
+
+
+QUALITY_COLUMNS = csv_columns(DeviceQuality)
 
 
 class QualityPage(CamelModel):

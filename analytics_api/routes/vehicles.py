@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from analytics_api.days import local_days, resolve_dates, time_zone
 from analytics_api.errors import NotFound
-from analytics_api.export import csv_response, table_responses, wants_csv
+from analytics_api.export import csv_columns, csv_response, table_responses, wants_csv
 from analytics_api.queries import Performance
 from analytics_api.routes import CamelModel, analytics_state
 from analytics_api.summary import energy_fields
@@ -153,29 +153,8 @@ class DailySeries(CamelModel):
     days: list[DaySummary]
 
 
-def _nested(kind: Any) -> type[BaseModel] | None:
-    """The model a field holds (alone, or in a union such as ``Model | None``), if any."""
-    for candidate in (kind, *get_args(kind)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _columns(model: type[BaseModel]) -> list[str]:
-    """The CSV columns of ``model``: its fields, those of a nested model as ``outerInner``
-    (as :func:`~analytics_api.export.csv_response` spreads nested objects)."""
-    columns: list[str] = []
-    for name, field in model.model_fields.items():
-        alias, nested = field.alias or name, _nested(field.annotation)
-        if nested is None:
-            columns.append(alias)
-        else:
-            columns += [alias + inner[:1].upper() + inner[1:] for inner in _columns(nested)]
-    return columns
-
-
 #: A day in CSV: its date and length, then every field of the summary (whatever it carries).
-DAILY_COLUMNS = ("date", "hours", *_columns(PerformanceSummary))
+DAILY_COLUMNS = ("date", "hours", *csv_columns(PerformanceSummary))
 
 
 class VehicleLive(CamelModel):
